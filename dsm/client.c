@@ -1,0 +1,704 @@
+/* client.c — libcapdsm: the connection to the node daemon, requests and
+ * replies, and the client half of mapping (capdsm.h).
+ *
+ * One request is outstanding at a time on a connection. Events (a mapping
+ * revoked) may arrive before the awaited reply and are handled on the way.
+ * Data never passes through protobuf: a write's bytes follow its message in
+ * the frame, and a read's bytes are received straight into the caller's
+ * buffer. */
+#include "capdsm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "caps.h"
+#include "capdsm.pb-c.h"
+#include "wire.h"
+
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+
+_Static_assert(CAPDSM_R_READ == CAP_R_READ && CAPDSM_R_WRITE == CAP_R_WRITE &&
+               CAPDSM_R_LOCK == CAP_R_LOCK && CAPDSM_R_MAP == CAP_R_MAP &&
+               CAPDSM_R_GRANT == CAP_R_GRANT && CAPDSM_R_ALL == CAP_R_ALL,
+               "client rights are the capability rights");
+
+#define PAGE 4096u
+
+struct cmap {
+	struct cmap *next;
+	void *addr;
+	uint64_t length;
+	uint64_t id;
+	int revoked;
+};
+
+struct capdsm {
+	int fd;
+	int uffd;
+	uint64_t next_id;
+	uint32_t self;
+	uint32_t max_payload;
+	struct cmap *maps;
+	uint8_t msg[WIRE_MSG_MAX];
+	char err[256];
+};
+
+static int fail(struct capdsm *c, int rc, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(c->err, sizeof c->err, fmt, ap);
+	va_end(ap);
+	return rc;
+}
+
+/* The reason the last capdsm_connect() of this thread failed. */
+static _Thread_local char connect_err[256];
+
+const char *capdsm_strerror(const struct capdsm *c)
+{
+	return c ? c->err : connect_err;
+}
+
+uint32_t capdsm_self(const struct capdsm *c)
+{
+	return c->self;
+}
+
+/* A mapping lost its capability: its pages are replaced by inaccessible
+ * memory at the same address, so every later touch faults and the address
+ * is not handed out again until capdsm_unmap. */
+static void on_event(struct capdsm *c, const Capdsm__Event *ev)
+{
+	if (ev->kind != CAPDSM__EVENT__KIND__MAPPING_REVOKED)
+		return;
+	for (struct cmap *m = c->maps; m; m = m->next)
+		if (m->id == ev->mapping && !m->revoked) {
+			mmap(m->addr, m->length, PROT_NONE,
+			     MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+			     -1, 0);
+			m->revoked = 1;
+		}
+}
+
+/* Sends a request and waits for its reply. The reply's payload (for a read)
+ * goes to in/in_len; a descriptor with it to *in_fd. On success the caller
+ * frees *out with capdsm__reply__free_unpacked. */
+static int rpc(struct capdsm *c, Capdsm__Request *q, const void *out_pl,
+               uint32_t out_len, int out_fd, void *in, uint64_t in_len,
+               int *in_fd, Capdsm__Reply **out)
+{
+	size_t len;
+	int rc;
+
+	q->id = ++c->next_id;
+	len = capdsm__request__get_packed_size(q);
+	if (len > WIRE_MSG_MAX)
+		return fail(c, -EMSGSIZE, "request too large");
+	capdsm__request__pack(q, c->msg);
+	rc = wire_send(c->fd, c->msg, (uint32_t)len, out_pl, out_len, out_fd);
+	if (rc)
+		return fail(c, rc, "send to daemon: %s", strerror(-rc));
+	for (;;) {
+		struct wire_hdr h;
+		Capdsm__Reply *r;
+		int fd = -1;
+
+		rc = wire_recv_msg(c->fd, &h, c->msg, &fd, WIRE_PAYLOAD_MAX);
+		if (rc)
+			return fail(c, rc, "receive from daemon: %s", strerror(-rc));
+		r = capdsm__reply__unpack(NULL, h.msg_len, c->msg);
+		if (!r) {
+			if (fd >= 0)
+				close(fd);
+			return fail(c, -EPROTO, "malformed reply from daemon");
+		}
+		if (r->id == 0 && r->event) {
+			on_event(c, r->event);
+			capdsm__reply__free_unpacked(r, NULL);
+			if (fd >= 0)
+				close(fd);
+			continue;
+		}
+		if (r->id != q->id) {
+			int st = r->status ? r->status : -EPROTO;
+			fail(c, st, "%s", r->error && r->error[0] ? r->error
+			                                          : "reply out of order");
+			capdsm__reply__free_unpacked(r, NULL);
+			if (fd >= 0)
+				close(fd);
+			return st;
+		}
+		if (h.payload_len) {
+			if (h.payload_len != in_len || !in) {
+				capdsm__reply__free_unpacked(r, NULL);
+				if (fd >= 0)
+					close(fd);
+				return fail(c, -EPROTO, "unexpected payload in reply");
+			}
+			rc = wire_recv_all(c->fd, in, in_len, NULL);
+			if (rc) {
+				capdsm__reply__free_unpacked(r, NULL);
+				if (fd >= 0)
+					close(fd);
+				return fail(c, rc, "receive data: %s", strerror(-rc));
+			}
+		}
+		if (r->status) {
+			rc = fail(c, r->status, "%s", r->error ? r->error : "error");
+			capdsm__reply__free_unpacked(r, NULL);
+			if (fd >= 0)
+				close(fd);
+			return rc;
+		}
+		if (in_fd)
+			*in_fd = fd;
+		else if (fd >= 0)
+			close(fd);
+		c->err[0] = '\0';
+		*out = r;
+		return 0;
+	}
+}
+
+/* A request whose reply carries nothing but maybe a slot. */
+static int call(struct capdsm *c, Capdsm__Request *q, uint32_t *slot)
+{
+	Capdsm__Reply *r;
+	int rc = rpc(c, q, NULL, 0, -1, NULL, 0, NULL, &r);
+
+	if (rc)
+		return rc;
+	if (slot)
+		*slot = r->slot;
+	capdsm__reply__free_unpacked(r, NULL);
+	return 0;
+}
+
+int capdsm_connect(const char *socket_path, const char *bank_ref,
+                   struct capdsm **out)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	Capdsm__Request q = CAPDSM__REQUEST__INIT;
+	Capdsm__Hello h = CAPDSM__HELLO__INIT;
+	Capdsm__Reply *r;
+	struct capdsm *c;
+	int rc;
+
+	connect_err[0] = '\0';
+	if (strlen(socket_path) >= sizeof a.sun_path) {
+		snprintf(connect_err, sizeof connect_err, "socket path too long");
+		return -ENAMETOOLONG;
+	}
+	strcpy(a.sun_path, socket_path);
+	c = calloc(1, sizeof *c);
+	if (!c)
+		return -ENOMEM;
+	c->uffd = -1;
+	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&a, sizeof a) != 0) {
+		rc = -errno;
+		snprintf(connect_err, sizeof connect_err, "connect %s: %s",
+		         socket_path, strerror(-rc));
+		if (c->fd >= 0)
+			close(c->fd);
+		free(c);
+		return rc;
+	}
+	h.version = 1;
+	h.bank_ref = (char *)(bank_ref ? bank_ref : "");
+	q.body_case = CAPDSM__REQUEST__BODY_HELLO;
+	q.hello = &h;
+	rc = rpc(c, &q, NULL, 0, -1, NULL, 0, NULL, &r);
+	if (rc) {
+		/* Keep the daemon's reason for capdsm_strerror(NULL). */
+		*out = NULL;
+		snprintf(connect_err, sizeof connect_err, "%s", c->err);
+		close(c->fd);
+		free(c);
+		return rc;
+	}
+	c->self = r->process_slot;
+	c->max_payload = (uint32_t)r->size;
+	if (c->max_payload < PAGE)
+		c->max_payload = PAGE;
+	capdsm__reply__free_unpacked(r, NULL);
+	*out = c;
+	return 0;
+}
+
+void capdsm_close(struct capdsm *c)
+{
+	if (!c)
+		return;
+	while (c->maps) {
+		struct cmap *m = c->maps;
+		c->maps = m->next;
+		munmap(m->addr, m->length);
+		free(m);
+	}
+	close(c->fd);
+	if (c->uffd >= 0)
+		close(c->uffd);
+	free(c);
+}
+
+int capdsm_object_create(struct capdsm *c, uint32_t bank_slot, uint64_t size,
+                         uint32_t *slot)
+{
+	Capdsm__Request q = CAPDSM__REQUEST__INIT;
+	Capdsm__ObjectCreate oc = CAPDSM__OBJECT_CREATE__INIT;
+
+	oc.bank = bank_slot;
+	oc.size = size;
+	q.body_case = CAPDSM__REQUEST__BODY_OBJECT_CREATE;
+	q.object_create = &oc;
+	return call(c, &q, slot);
+}
+
+static int slot_call(struct capdsm *c, Capdsm__Request__BodyCase which,
+                     uint32_t slot, Capdsm__Reply **out)
+{
+	Capdsm__Request q = CAPDSM__REQUEST__INIT;
+	Capdsm__CapSlot cs = CAPDSM__CAP_SLOT__INIT;
+	Capdsm__Reply *r;
+	int rc;
+
+	cs.slot = slot;
+	q.body_case = which;
+	/* Every CapSlot member of the union sits at the same place. */
+	q.cap_revoke = &cs;
+	rc = rpc(c, &q, NULL, 0, -1, NULL, 0, NULL, &r);
+	if (rc)
+		return rc;
+	if (out)
+		*out = r;
+	else
+		capdsm__reply__free_unpacked(r, NULL);
+	return 0;
+}
+
+int capdsm_cap_info(struct capdsm *c, uint32_t slot,
+                    struct capdsm_cap_info *info)
+{
+	Capdsm__Reply *r;
+	int rc = slot_call(c, CAPDSM__REQUEST__BODY_CAP_SHOW, slot, &r);
+
+	if (rc)
+		return rc;
+	if (!r->cap) {
+		capdsm__reply__free_unpacked(r, NULL);
+		return fail(c, -EPROTO, "reply without capability information");
+	}
+	*info = (struct capdsm_cap_info){
+		.oid = r->cap->oid,
+		.kind = r->cap->kind,
+		.rights = r->cap->rights,
+		.depth = r->cap->depth,
+		.size = r->cap->size,
+	};
+	capdsm__reply__free_unpacked(r, NULL);
+	return 0;
+}
+
+int capdsm_restrict(struct capdsm *c, uint32_t slot, uint32_t rights,
+                    uint32_t *new_slot)
+{
+	Capdsm__Request q = CAPDSM__REQUEST__INIT;
+	Capdsm__CapRestrict cr = CAPDSM__CAP_RESTRICT__INIT;
+
+	cr.slot = slot;
+	cr.rights = rights;
+	q.body_case = CAPDSM__REQUEST__BODY_CAP_RESTRICT;
+	q.cap_restrict = &cr;
+	return call(c, &q, new_slot);
+}
+
+int capdsm_revoke(struct capdsm *c, uint32_t slot)
+{
+	return slot_call(c, CAPDSM__REQUEST__BODY_CAP_REVOKE, slot, NULL);
+}
+
+int capdsm_drop(struct capdsm *c, uint32_t slot)
+{
+	return slot_call(c, CAPDSM__REQUEST__BODY_CAP_DROP, slot, NULL);
+}
+
+int capdsm_export(struct capdsm *c, uint32_t slot, char *ref, size_t len)
+{
+	Capdsm__Reply *r;
+	int rc = slot_call(c, CAPDSM__REQUEST__BODY_CAP_EXPORT, slot, &r);
+
+	if (rc)
+		return rc;
+	if (!r->ref || strlen(r->ref) >= len) {
+		capdsm__reply__free_unpacked(r, NULL);
+		return fail(c, -ENOSPC, "reference does not fit the buffer");
+	}
+	strcpy(ref, r->ref);
+	capdsm__reply__free_unpacked(r, NULL);
+	return 0;
+}
+
+static int ref_call(struct capdsm *c, Capdsm__Request__BodyCase which,
+                    const char *ref, uint32_t *slot)
+{
+	Capdsm__Request q = CAPDSM__REQUEST__INIT;
+	Capdsm__CapRef cr = CAPDSM__CAP_REF__INIT;
+
+	cr.ref = (char *)ref;
+	q.body_case = which;
+	q.cap_import = &cr; /* cap_revoke_ref shares the union slot */
+	return call(c, &q, slot);
+}
+
+int capdsm_import(struct capdsm *c, const char *ref, uint32_t *slot)
+{
+	return ref_call(c, CAPDSM__REQUEST__BODY_CAP_IMPORT, ref, slot);
+}
+
+int capdsm_revoke_ref(struct capdsm *c, const char *ref)
+{
+	return ref_call(c, CAPDSM__REQUEST__BODY_CAP_REVOKE_REF, ref, NULL);
+}
+
+int capdsm_send(struct capdsm *c, uint32_t slot, uint32_t process_slot,
+                uint32_t rights)
+{
+	Capdsm__Request q = CAPDSM__REQUEST__INIT;
+	Capdsm__CapSend cs = CAPDSM__CAP_SEND__INIT;
+
+	cs.slot = slot;
+	cs.process = process_slot;
+	cs.rights = rights;
+	q.body_case = CAPDSM__REQUEST__BODY_CAP_SEND;
+	q.cap_send = &cs;
+	return call(c, &q, NULL);
+}
+
+int capdsm_recv(struct capdsm *c, uint32_t *slot)
+{
+	Capdsm__Reply *r;
+	int rc = slot_call(c, CAPDSM__REQUEST__BODY_CAP_RECV, 0, &r);
+
+	if (rc)
+		return rc;
+	*slot = r->slot;
+	capdsm__reply__free_unpacked(r, NULL);
+	return 0;
+}
+
+static int rw(struct capdsm *c, int write, uint32_t slot, uint64_t offset,
+              void *buf, size_t len)
+{
+	size_t done = 0;
+
+	do {
+		Capdsm__Request q = CAPDSM__REQUEST__INIT;
+		Capdsm__Rw a = CAPDSM__RW__INIT;
+		Capdsm__Reply *r;
+		size_t n = len - done;
+		int rc;
+
+		if (n > c->max_payload)
+			n = c->max_payload;
+		a.slot = slot;
+		a.offset = offset + done;
+		a.length = n;
+		if (write) {
+			q.body_case = CAPDSM__REQUEST__BODY_WRITE;
+			q.write = &a;
+			rc = rpc(c, &q, (uint8_t *)buf + done, (uint32_t)n, -1, NULL, 0,
+			         NULL, &r);
+		} else {
+			q.body_case = CAPDSM__REQUEST__BODY_READ;
+			q.read = &a;
+			rc = rpc(c, &q, NULL, 0, -1, (uint8_t *)buf + done, n, NULL, &r);
+		}
+		if (rc)
+			return rc;
+		capdsm__reply__free_unpacked(r, NULL);
+		done += n;
+	} while (done < len);
+	return 0;
+}
+
+int capdsm_read(struct capdsm *c, uint32_t slot, uint64_t offset, void *buf,
+                size_t len)
+{
+	return rw(c, 0, slot, offset, buf, len);
+}
+
+int capdsm_write(struct capdsm *c, uint32_t slot, uint64_t offset,
+                 const void *buf, size_t len)
+{
+	return rw(c, 1, slot, offset, (void *)buf, len);
+}
+
+static int lock_call(struct capdsm *c, int unlock, uint32_t slot,
+                     uint64_t offset, uint64_t len, unsigned flags)
+{
+	Capdsm__Request q = CAPDSM__REQUEST__INIT;
+	Capdsm__Lock l = CAPDSM__LOCK__INIT;
+
+	l.slot = slot;
+	l.offset = offset;
+	l.length = len;
+	l.exclusive = (flags & CAPDSM_LOCK_EXCLUSIVE) != 0;
+	l.try_only = (flags & CAPDSM_LOCK_TRY) != 0;
+	q.body_case = unlock ? CAPDSM__REQUEST__BODY_UNLOCK
+	                     : CAPDSM__REQUEST__BODY_LOCK;
+	q.lock = &l; /* unlock shares the union slot */
+	return call(c, &q, NULL);
+}
+
+int capdsm_lock(struct capdsm *c, uint32_t slot, uint64_t offset,
+                uint64_t len, unsigned flags)
+{
+	return lock_call(c, 0, slot, offset, len, flags);
+}
+
+int capdsm_unlock(struct capdsm *c, uint32_t slot, uint64_t offset,
+                  uint64_t len)
+{
+	return lock_call(c, 1, slot, offset, len, 0);
+}
+
+/* Creates this connection's userfaultfd and hands a copy to the daemon,
+ * which from then on serves every fault in our mappings. */
+static int attach_pager(struct capdsm *c)
+{
+	struct uffdio_api api = {
+		.api = UFFD_API,
+		.features = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MINOR_SHMEM |
+		            UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_THREAD_ID,
+	};
+	Capdsm__Request q = CAPDSM__REQUEST__INIT;
+	Capdsm__PagerAttach pa = CAPDSM__PAGER_ATTACH__INIT;
+	Capdsm__Reply *r;
+	int fd, rc;
+
+	fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0 && (errno == EPERM || errno == EACCES))
+		fd = (int)syscall(SYS_userfaultfd,
+		                  O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+	if (fd < 0)
+		return fail(c, -errno, "userfaultfd: %s", strerror(errno));
+	if (ioctl(fd, UFFDIO_API, &api) != 0) {
+		rc = -errno;
+		close(fd);
+		return fail(c, rc, "userfaultfd features (minor and write-protect "
+		            "faults on shmem) unavailable: %s", strerror(-rc));
+	}
+	q.body_case = CAPDSM__REQUEST__BODY_PAGER_ATTACH;
+	q.pager_attach = &pa;
+	rc = rpc(c, &q, NULL, 0, fd, NULL, 0, NULL, &r);
+	if (rc) {
+		close(fd);
+		return rc;
+	}
+	capdsm__reply__free_unpacked(r, NULL);
+	c->uffd = fd;
+	return 0;
+}
+
+static void unmap_request(struct capdsm *c, uint64_t id)
+{
+	Capdsm__Request q = CAPDSM__REQUEST__INIT;
+	Capdsm__Unmap u = CAPDSM__UNMAP__INIT;
+
+	u.mapping = id;
+	q.body_case = CAPDSM__REQUEST__BODY_UNMAP_MAPPING;
+	q.unmap_mapping = &u;
+	call(c, &q, NULL);
+}
+
+int capdsm_map(struct capdsm *c, uint32_t process_slot, uint32_t slot,
+               uint64_t offset, uint64_t len, uint32_t rights, void **addr)
+{
+	Capdsm__Request q = CAPDSM__REQUEST__INIT;
+	Capdsm__Map mp = CAPDSM__MAP__INIT;
+	Capdsm__MapCommit mc = CAPDSM__MAP_COMMIT__INIT;
+	Capdsm__Reply *r;
+	struct uffdio_register reg;
+	struct cmap *m;
+	void *p;
+	int fd = -1, rc;
+	uint64_t id;
+
+	if (c->uffd < 0 && (rc = attach_pager(c)) != 0)
+		return rc;
+	m = calloc(1, sizeof *m);
+	if (!m)
+		return fail(c, -ENOMEM, "out of memory");
+	mp.process = process_slot;
+	mp.slot = slot;
+	mp.offset = offset;
+	mp.length = len;
+	mp.rights = rights;
+	q.body_case = CAPDSM__REQUEST__BODY_MAP;
+	q.map = &mp;
+	rc = rpc(c, &q, NULL, 0, -1, NULL, 0, &fd, &r);
+	if (rc) {
+		free(m);
+		return rc;
+	}
+	id = r->mapping;
+	capdsm__reply__free_unpacked(r, NULL);
+	if (fd < 0) {
+		rc = fail(c, -EPROTO, "map reply carried no memory");
+		goto undo;
+	}
+	p = mmap(NULL, len, PROT_READ | ((rights & CAPDSM_R_WRITE) ? PROT_WRITE : 0),
+	         MAP_SHARED, fd, (off_t)offset);
+	close(fd);
+	if (p == MAP_FAILED) {
+		rc = fail(c, -errno, "mmap: %s", strerror(errno));
+		goto undo;
+	}
+	reg = (struct uffdio_register){
+		.range = { .start = (uint64_t)(uintptr_t)p, .len = len },
+		.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR |
+		        ((rights & CAPDSM_R_WRITE) ? UFFDIO_REGISTER_MODE_WP : 0),
+	};
+	if (ioctl(c->uffd, UFFDIO_REGISTER, &reg) != 0) {
+		rc = fail(c, -errno, "userfaultfd register: %s", strerror(errno));
+		munmap(p, len);
+		goto undo;
+	}
+	mc.mapping = id;
+	mc.address = (uint64_t)(uintptr_t)p;
+	q = (Capdsm__Request)CAPDSM__REQUEST__INIT;
+	q.body_case = CAPDSM__REQUEST__BODY_MAP_COMMIT;
+	q.map_commit = &mc;
+	rc = call(c, &q, NULL);
+	if (rc) {
+		munmap(p, len);
+		goto undo;
+	}
+	m->addr = p;
+	m->length = len;
+	m->id = id;
+	m->next = c->maps;
+	c->maps = m;
+	*addr = p;
+	return 0;
+undo:
+	free(m);
+	{
+		char keep[sizeof c->err];
+		memcpy(keep, c->err, sizeof keep);
+		unmap_request(c, id);
+		memcpy(c->err, keep, sizeof keep);
+	}
+	return rc;
+}
+
+int capdsm_unmap(struct capdsm *c, void *addr)
+{
+	for (struct cmap **pp = &c->maps; *pp; pp = &(*pp)->next) {
+		struct cmap *m = *pp;
+		if (m->addr != addr)
+			continue;
+		*pp = m->next;
+		munmap(m->addr, m->length);
+		uint64_t id = m->id;
+		free(m);
+		Capdsm__Request q = CAPDSM__REQUEST__INIT;
+		Capdsm__Unmap u = CAPDSM__UNMAP__INIT;
+		u.mapping = id;
+		q.body_case = CAPDSM__REQUEST__BODY_UNMAP_MAPPING;
+		q.unmap_mapping = &u;
+		return call(c, &q, NULL);
+	}
+	return fail(c, -EINVAL, "no mapping at that address");
+}
+
+int capdsm_bank_create(struct capdsm *c, uint32_t parent_slot,
+                       uint64_t limit_bytes, uint64_t limit_objects,
+                       uint32_t *slot)
+{
+	Capdsm__Request q = CAPDSM__REQUEST__INIT;
+	Capdsm__BankCreate b = CAPDSM__BANK_CREATE__INIT;
+
+	b.parent = parent_slot;
+	b.limit_bytes = limit_bytes;
+	b.limit_objects = limit_objects;
+	q.body_case = CAPDSM__REQUEST__BODY_BANK_CREATE;
+	q.bank_create = &b;
+	return call(c, &q, slot);
+}
+
+int capdsm_bank_info(struct capdsm *c, uint32_t slot,
+                     struct capdsm_bank_info *info)
+{
+	Capdsm__Reply *r;
+	int rc = slot_call(c, CAPDSM__REQUEST__BODY_BANK_SHOW, slot, &r);
+
+	if (rc)
+		return rc;
+	if (!r->bank) {
+		capdsm__reply__free_unpacked(r, NULL);
+		return fail(c, -EPROTO, "reply without bank information");
+	}
+	*info = (struct capdsm_bank_info){
+		.oid = r->bank->oid,
+		.parent = r->bank->parent,
+		.limit_bytes = r->bank->limit_bytes,
+		.limit_objects = r->bank->limit_objects,
+		.used_bytes = r->bank->used_bytes,
+		.used_objects = r->bank->used_objects,
+		.children = r->bank->children,
+	};
+	capdsm__reply__free_unpacked(r, NULL);
+	return 0;
+}
+
+int capdsm_bank_destroy(struct capdsm *c, uint32_t slot)
+{
+	return slot_call(c, CAPDSM__REQUEST__BODY_BANK_DESTROY, slot, NULL);
+}
+
+int capdsm_stats(struct capdsm *c,
+                 void (*fn)(const char *name, uint64_t value, void *arg),
+                 void *arg)
+{
+	Capdsm__Request q = CAPDSM__REQUEST__INIT;
+	Capdsm__Stats st = CAPDSM__STATS__INIT;
+	Capdsm__Reply *r;
+	int rc;
+
+	q.body_case = CAPDSM__REQUEST__BODY_STATS;
+	q.stats = &st;
+	rc = rpc(c, &q, NULL, 0, -1, NULL, 0, NULL, &r);
+	if (rc)
+		return rc;
+	for (size_t i = 0; i < r->n_counters; i++)
+		fn(r->counters[i]->name, r->counters[i]->value, arg);
+	capdsm__reply__free_unpacked(r, NULL);
+	return 0;
+}
+
+int capdsm_rights_parse(const char *s, uint32_t *rights)
+{
+	return cap_rights_parse(s, rights);
+}
+
+int capdsm_rights_format(uint32_t rights, char *buf, size_t len)
+{
+	return cap_rights_format(rights, buf, len);
+}

@@ -1,0 +1,516 @@
+/* capdsmd.c — the capdsm node daemon: set-up, the event loop, client
+ * sessions and their frame reader.
+ *
+ * One epoll loop serves the listening socket, every client socket, every
+ * client's userfaultfd and a signalfd; each handler runs to completion, so
+ * the node's tables need no locks. All memory is allocated here at startup
+ * from the config's pool sizes; afterwards a full pool is an error reply,
+ * never an allocation. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "node.h"
+
+static uint64_t tag(uint32_t type, uint32_t idx)
+{
+	return ((uint64_t)type << 32) | idx;
+}
+
+static int ep_add(struct node *n, int fd, uint32_t type, uint32_t idx)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = tag(type, idx) };
+	return epoll_ctl(n->epfd, EPOLL_CTL_ADD, fd, &ev) ? -errno : 0;
+}
+
+int node_watch_uffd(struct node *n, struct session *s)
+{
+	return ep_add(n, s->uffd, EV_UFFD, node_sid(n, s));
+}
+
+/* ---- sessions ---- */
+
+static void accept_clients(struct node *n)
+{
+	for (;;) {
+		int fd = accept4(n->lfd, NULL, NULL, SOCK_CLOEXEC);
+		struct session *s = NULL;
+		struct ucred cr;
+		socklen_t crl = sizeof cr;
+
+		if (fd < 0) {
+			if (errno != EAGAIN && errno != EINTR)
+				log_warn("accept failed", "err=\"%s\"", strerror(errno));
+			return;
+		}
+		for (uint32_t i = 0; i < n->cfg.clients; i++)
+			if (!n->sessions[i].used) {
+				s = &n->sessions[i];
+				break;
+			}
+		if (!s) {
+			/* Say why before closing, so the client prints a reason. */
+			n->ct.sessions_refused++;
+			log_warn("session refused", "reason=\"session pool full\" max=%u",
+			         n->cfg.clients);
+			struct timeval tv = { .tv_sec = 1 };
+			setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+			struct session tmp = { .fd = fd, .uffd = -1 };
+			node_send_error(n, &tmp, 0, -EUSERS,
+			                "node has no free session (pools.clients = %u)",
+			                n->cfg.clients);
+			close(fd);
+			continue;
+		}
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &crl) != 0) {
+			close(fd);
+			continue;
+		}
+		/* Replies are sent blocking, bounded by a timeout: a client that
+		 * stops reading is dropped rather than stalling the node. */
+		struct timeval tv = { .tv_sec = 5 };
+		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+
+		uint8_t *msg = s->msg, *arena = s->arena;
+		uint32_t gen = s->gen + 1;
+		*s = (struct session){
+			.used = true,
+			.fd = fd,
+			.uffd = -1,
+			.gen = gen,
+			.pid = cr.pid,
+			.uid = cr.uid,
+			.clist = CAP_NONE,
+			.proc_slot = CAP_NONE,
+			.maps = NODE_NIL,
+			.rd = RD_HDR,
+			.msg = msg,
+			.rxfd = -1,
+			.arena = arena,
+		};
+		if (ep_add(n, fd, EV_CLIENT, node_sid(n, s)) != 0) {
+			s->used = false;
+			close(fd);
+			continue;
+		}
+		n->nsessions_used++;
+		n->ct.sessions_opened++;
+		log_debug("session open", "session=%u pid=%d uid=%u",
+		          node_sid(n, s), (int)cr.pid, (unsigned)cr.uid);
+	}
+}
+
+void node_close_session(struct node *n, struct session *s, const char *why)
+{
+	if (!s->used)
+		return;
+	log_debug("session close", "session=%u pid=%d why=\"%s\"", node_sid(n, s),
+	          (int)s->pid, why);
+	epoll_ctl(n->epfd, EPOLL_CTL_DEL, s->fd, NULL);
+	if (s->uffd >= 0)
+		epoll_ctl(n->epfd, EPOLL_CTL_DEL, s->uffd, NULL);
+	node_session_release(n, s);
+	close(s->fd);
+	if (s->uffd >= 0)
+		close(s->uffd);
+	if (s->rxfd >= 0)
+		close(s->rxfd);
+	s->used = false;
+	n->nsessions_used--;
+}
+
+/* Reads what is there for one session, advancing its frame reader. A
+ * malformed header is answered with an error and the connection closed: a
+ * byte stream whose framing is lost cannot be trusted again. */
+static void client_readable(struct node *n, struct session *s)
+{
+	for (int rounds = 0; rounds < 64 && s->used; rounds++) {
+		ssize_t r;
+
+		switch (s->rd) {
+		case RD_HDR:
+			r = wire_recv_some(s->fd, (uint8_t *)&s->hdr + s->pos,
+			                   sizeof s->hdr - s->pos, &s->rxfd,
+			                   MSG_DONTWAIT);
+			break;
+		case RD_MSG:
+			r = wire_recv_some(s->fd, s->msg + s->pos,
+			                   s->hdr.msg_len - s->pos, &s->rxfd,
+			                   MSG_DONTWAIT);
+			break;
+		case RD_PAYLOAD:
+			r = wire_recv_some(s->fd, s->pl_dst, s->pl_left, NULL,
+			                   MSG_DONTWAIT);
+			break;
+		case RD_DRAIN: {
+			static uint8_t sink[65536];
+			size_t want = s->pl_left < sizeof sink ? s->pl_left : sizeof sink;
+			r = wire_recv_some(s->fd, sink, want, NULL, MSG_DONTWAIT);
+			break;
+		}
+		default:
+			return;
+		}
+		if (r == -EAGAIN || r == -EWOULDBLOCK)
+			return;
+		if (r < 0) {
+			node_close_session(n, s, strerror((int)-r));
+			return;
+		}
+		if (r == 0) {
+			node_close_session(n, s, "end of stream");
+			return;
+		}
+		s->pos += (uint32_t)(s->rd == RD_PAYLOAD || s->rd == RD_DRAIN ? 0 : r);
+		switch (s->rd) {
+		case RD_HDR:
+			if (s->pos < sizeof s->hdr)
+				break;
+			if (wire_hdr_check(&s->hdr, n->cfg.max_payload) != 0) {
+				n->ct.errors++;
+				log_warn("bad frame header", "session=%u magic=0x%08x "
+				         "msg_len=%u payload_len=%u", node_sid(n, s),
+				         s->hdr.magic, s->hdr.msg_len, s->hdr.payload_len);
+				node_send_error(n, s, 0, -EPROTO, "malformed frame header");
+				node_close_session(n, s, "bad frame header");
+				return;
+			}
+			s->rd = RD_MSG;
+			s->pos = 0;
+			break;
+		case RD_MSG:
+			if (s->pos < s->hdr.msg_len)
+				break;
+			s->pos = 0;
+			s->rd = RD_HDR;
+			node_on_frame(n, s); /* may set RD_PAYLOAD or RD_DRAIN */
+			break;
+		case RD_PAYLOAD:
+			s->pl_dst += r;
+			s->pl_left -= (uint64_t)r;
+			n->ct.bytes_written += (uint64_t)r;
+			if (s->pl_left == 0) {
+				s->rd = RD_HDR;
+				node_on_payload_done(n, s);
+			}
+			break;
+		case RD_DRAIN:
+			s->pl_left -= (uint64_t)r;
+			if (s->pl_left == 0) {
+				s->rd = RD_HDR;
+				node_on_payload_done(n, s);
+			}
+			break;
+		}
+	}
+}
+
+/* ---- set-up ---- */
+
+static int open_socket(struct node *n, char *err, size_t errlen)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	int fd;
+	mode_t old;
+
+	if (strlen(n->cfg.socket) >= sizeof a.sun_path) {
+		snprintf(err, errlen, "socket path too long: %s", n->cfg.socket);
+		return -ENAMETOOLONG;
+	}
+	strcpy(a.sun_path, n->cfg.socket);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	/* A socket file left by a crashed daemon is removed; one that still
+	 * answers belongs to a live daemon and is left alone. */
+	if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) {
+		close(fd);
+		snprintf(err, errlen, "another daemon is listening on %s", a.sun_path);
+		return -EADDRINUSE;
+	}
+	unlink(a.sun_path);
+	old = umask(0177); /* owner only until the group is set */
+	if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+		int e = errno;
+		umask(old);
+		close(fd);
+		snprintf(err, errlen, "bind %s: %s", a.sun_path, strerror(e));
+		return -e;
+	}
+	umask(old);
+	if (n->cfg.group[0]) {
+		struct group *g = getgrnam(n->cfg.group);
+		if (!g || chown(a.sun_path, (uid_t)-1, g->gr_gid) != 0 ||
+		    chmod(a.sun_path, 0660) != 0) {
+			close(fd);
+			unlink(a.sun_path);
+			snprintf(err, errlen, "cannot give group '%s' the socket",
+			         n->cfg.group);
+			return -EINVAL;
+		}
+	}
+	if (listen(fd, 128) != 0) {
+		int e = errno;
+		close(fd);
+		return -e;
+	}
+	n->lfd = fd;
+	return 0;
+}
+
+static int node_init(struct node *n, char *err, size_t errlen)
+{
+	const struct node_config *c = &n->cfg;
+	struct cap_config cc = {
+		.node_id = c->node_id,
+		.max_objects = c->objects,
+		.max_caps = c->caps,
+		.max_clists = c->clients,
+		.slots_per_clist = c->slots_per_client,
+		.max_sturdy = c->sturdy,
+		.root_limit_bytes = c->bank_limit_bytes,
+		.root_limit_objects = c->bank_limit_objects,
+		.on_destroy = node_on_destroy,
+		.ctx = n,
+	};
+	int rc;
+	sigset_t mask;
+
+	n->lfd = n->sigfd = n->epfd = -1;
+	rc = cap_space_init(&n->cs, &cc);
+	if (rc) {
+		snprintf(err, errlen, "capability pools: %s", strerror(-rc));
+		return rc;
+	}
+	rc = coh_lock_init(&n->locks, c->locks);
+	if (rc) {
+		snprintf(err, errlen, "lock table: %s", strerror(-rc));
+		return rc;
+	}
+	n->sessions = calloc(c->clients, sizeof *n->sessions);
+	n->dobjs = calloc(c->objects, sizeof *n->dobjs);
+	n->maps = calloc(c->mappings, sizeof *n->maps);
+	n->out = malloc(WIRE_MSG_MAX);
+	if (!n->sessions || !n->dobjs || !n->maps || !n->out) {
+		snprintf(err, errlen, "out of memory sizing the pools");
+		return -ENOMEM;
+	}
+	for (uint32_t i = 0; i < c->clients; i++) {
+		n->sessions[i].msg = malloc(WIRE_MSG_MAX);
+		n->sessions[i].arena = malloc(NODE_ARENA);
+		if (!n->sessions[i].msg || !n->sessions[i].arena) {
+			snprintf(err, errlen, "out of memory sizing the session pool");
+			return -ENOMEM;
+		}
+	}
+	for (uint32_t i = 0; i < c->objects; i++)
+		n->dobjs[i].memfd = n->dobjs[i].rofd = -1;
+
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGHUP);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	n->sigfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+	n->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (n->sigfd < 0 || n->epfd < 0) {
+		snprintf(err, errlen, "signalfd/epoll: %s", strerror(errno));
+		return -errno;
+	}
+	rc = open_socket(n, err, errlen);
+	if (rc) {
+		if (!err[0])
+			snprintf(err, errlen, "socket %s: %s", c->socket, strerror(-rc));
+		return rc;
+	}
+	if (ep_add(n, n->lfd, EV_LISTEN, 0) || ep_add(n, n->sigfd, EV_SIGNAL, 0)) {
+		snprintf(err, errlen, "epoll_ctl: %s", strerror(errno));
+		return -errno;
+	}
+	return 0;
+}
+
+static void node_fini(struct node *n)
+{
+	if (n->sessions)
+		for (uint32_t i = 0; i < n->cfg.clients; i++) {
+			node_close_session(n, &n->sessions[i], "shutdown");
+			free(n->sessions[i].msg);
+			free(n->sessions[i].arena);
+		}
+	if (n->lfd >= 0) {
+		close(n->lfd);
+		unlink(n->cfg.socket);
+	}
+	/* Destroying the space calls on_destroy for nothing: free objects
+	 * first so their memfds and mappings go. */
+	if (n->dobjs)
+		for (uint32_t i = 0; i < n->cfg.objects; i++)
+			if (n->dobjs[i].used)
+				cap_obj_destroy(n->cs, n->dobjs[i].oid);
+	cap_space_free(n->cs);
+	coh_lock_free(n->locks);
+	free(n->sessions);
+	free(n->dobjs);
+	free(n->maps);
+	free(n->out);
+	if (n->sigfd >= 0)
+		close(n->sigfd);
+	if (n->epfd >= 0)
+		close(n->epfd);
+}
+
+static uint64_t now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* The loop. With poll_us > 0 it keeps polling (epoll_wait with a zero
+ * timeout) for that long after the last event before it sleeps: waking a
+ * sleeping thread costs tens of microseconds on these machines, an idle
+ * spin costs a core, so the spin is short and bounded. */
+static void node_run(struct node *n)
+{
+	struct epoll_event evs[64];
+	uint64_t last = 0;
+
+	while (!n->stopping) {
+		int timeout = -1;
+		if (n->cfg.poll_us && now_us() - last < n->cfg.poll_us)
+			timeout = 0;
+		int k = epoll_wait(n->epfd, evs, 64, timeout);
+		if (k < 0) {
+			if (errno == EINTR)
+				continue;
+			log_error("epoll_wait failed", "err=\"%s\"", strerror(errno));
+			return;
+		}
+		if (k > 0 && n->cfg.poll_us)
+			last = now_us();
+		for (int i = 0; i < k; i++) {
+			uint32_t type = (uint32_t)(evs[i].data.u64 >> 32);
+			uint32_t idx = (uint32_t)evs[i].data.u64;
+			struct session *s = &n->sessions[idx];
+
+			switch (type) {
+			case EV_LISTEN:
+				accept_clients(n);
+				break;
+			case EV_SIGNAL: {
+				struct signalfd_siginfo si;
+				if (read(n->sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
+					log_info("signal, shutting down", "signal=%u",
+					         si.ssi_signo);
+					n->stopping = true;
+				}
+				break;
+			}
+			case EV_UFFD:
+				if (s->used && s->uffd >= 0)
+					node_pager_events(n, s);
+				break;
+			case EV_CLIENT:
+				if (s->used)
+					client_readable(n, s);
+				break;
+			}
+		}
+	}
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+	        "usage: capdsmd --config FILE [--socket PATH] [--node-id N]\n"
+	        "               [--log-level debug|info|warn|error]\n"
+	        "The capdsm node daemon; see README.md for the settings.\n");
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "socket", required_argument, NULL, 's' },
+		{ "node-id", required_argument, NULL, 'n' },
+		{ "log-level", required_argument, NULL, 'l' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	static struct node n;
+	char err[512] = "";
+	const char *config = NULL, *sock = NULL, *level = NULL, *id = NULL;
+	int o;
+
+	while ((o = getopt_long(argc, argv, "c:s:n:l:h", opts, NULL)) != -1) {
+		switch (o) {
+		case 'c': config = optarg; break;
+		case 's': sock = optarg; break;
+		case 'n': id = optarg; break;
+		case 'l': level = optarg; break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+	config_defaults(&n.cfg);
+	if (config && config_load(&n.cfg, config, err, sizeof err) != 0) {
+		fprintf(stderr, "capdsmd: %s\n", err);
+		return 1;
+	}
+	if (sock && snprintf(n.cfg.socket, sizeof n.cfg.socket, "%s", sock) >=
+	            (int)sizeof n.cfg.socket) {
+		fprintf(stderr, "capdsmd: socket path too long\n");
+		return 1;
+	}
+	if (id) {
+		char *end;
+		unsigned long v = strtoul(id, &end, 10);
+		if (*end || v > UINT32_MAX) {
+			fprintf(stderr, "capdsmd: bad --node-id '%s'\n", id);
+			return 1;
+		}
+		n.cfg.node_id = (uint32_t)v;
+	}
+	if (level && log_level_parse(level, &n.cfg.log_level) != 0) {
+		fprintf(stderr, "capdsmd: bad --log-level '%s'\n", level);
+		return 1;
+	}
+	if (config_check(&n.cfg, err, sizeof err) != 0) {
+		fprintf(stderr, "capdsmd: %s\n", err);
+		return 1;
+	}
+	log_setup(n.cfg.log_level, n.cfg.node_id);
+	if (node_init(&n, err, sizeof err) != 0) {
+		log_error("start failed", "reason=\"%s\"", err);
+		fprintf(stderr, "capdsmd: %s\n", err);
+		node_fini(&n);
+		return 1;
+	}
+	log_info("listening", "socket=%s objects=%u caps=%u clients=%u "
+	         "mappings=%u locks=%u frames=%u poll_us=%u pid=%d",
+	         n.cfg.socket, n.cfg.objects, n.cfg.caps, n.cfg.clients,
+	         n.cfg.mappings, n.cfg.locks, n.cfg.frames, n.cfg.poll_us,
+	         (int)getpid());
+	node_run(&n);
+	node_fini(&n);
+	log_info("stopped", NULL);
+	return 0;
+}

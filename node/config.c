@@ -1,0 +1,181 @@
+/* config.c — ini settings for capdsmd, parsed with inih (config.h). Unknown
+ * keys and malformed numbers are errors: a typo must not silently leave a
+ * pool at its default size. */
+#include "config.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "wire.h"
+
+void config_defaults(struct node_config *c)
+{
+	*c = (struct node_config){
+		.node_id = 0,
+		.socket = "capdsm.sock",
+		.dir = ".",
+		.group = "",
+		.log_level = LOG_INFO,
+		.poll_us = 0,
+		.max_payload = 16u << 20,
+		.objects = 1024,
+		.caps = 16384,
+		.clients = 64,
+		.slots_per_client = 1024,
+		.mappings = 1024,
+		.locks = 4096,
+		.sturdy = 4096,
+		.frames = 65536,
+		.bank_limit_bytes = 0,
+		.bank_limit_objects = 0,
+	};
+}
+
+struct load_ctx {
+	struct node_config *c;
+	char *err;
+	unsigned errlen;
+	const char *path;
+};
+
+static int parse_u64(const char *v, uint64_t max, uint64_t *out)
+{
+	char *end;
+	unsigned long long x;
+
+	if (!*v || *v == '-')
+		return -EINVAL;
+	errno = 0;
+	x = strtoull(v, &end, 0);
+	if (errno || *end || x > max)
+		return -EINVAL;
+	*out = x;
+	return 0;
+}
+
+static int set_u32(uint32_t *dst, const char *v)
+{
+	uint64_t x;
+	int rc = parse_u64(v, UINT32_MAX, &x);
+	if (!rc)
+		*dst = (uint32_t)x;
+	return rc;
+}
+
+static int set_str(char *dst, size_t cap, const char *v)
+{
+	if (strlen(v) >= cap)
+		return -EINVAL;
+	memcpy(dst, v, strlen(v) + 1);
+	return 0;
+}
+
+static int on_key(void *user, const char *section, const char *name,
+                  const char *value)
+{
+	struct load_ctx *lc = user;
+	struct node_config *c = lc->c;
+	int rc = -ENOENT;
+
+#define IS(s, n) (strcmp(section, s) == 0 && strcmp(name, n) == 0)
+	if (IS("node", "id"))
+		rc = set_u32(&c->node_id, value);
+	else if (IS("node", "socket"))
+		rc = set_str(c->socket, sizeof c->socket, value);
+	else if (IS("node", "dir"))
+		rc = set_str(c->dir, sizeof c->dir, value);
+	else if (IS("node", "group"))
+		rc = set_str(c->group, sizeof c->group, value);
+	else if (IS("node", "log_level"))
+		rc = log_level_parse(value, &c->log_level);
+	else if (IS("node", "poll_us"))
+		rc = set_u32(&c->poll_us, value);
+	else if (IS("node", "max_payload"))
+		rc = set_u32(&c->max_payload, value);
+	else if (IS("pools", "objects"))
+		rc = set_u32(&c->objects, value);
+	else if (IS("pools", "caps"))
+		rc = set_u32(&c->caps, value);
+	else if (IS("pools", "clients"))
+		rc = set_u32(&c->clients, value);
+	else if (IS("pools", "slots_per_client"))
+		rc = set_u32(&c->slots_per_client, value);
+	else if (IS("pools", "mappings"))
+		rc = set_u32(&c->mappings, value);
+	else if (IS("pools", "locks"))
+		rc = set_u32(&c->locks, value);
+	else if (IS("pools", "sturdy"))
+		rc = set_u32(&c->sturdy, value);
+	else if (IS("pools", "frames"))
+		rc = set_u32(&c->frames, value);
+	else if (IS("bank", "limit_bytes"))
+		rc = parse_u64(value, UINT64_MAX, &c->bank_limit_bytes);
+	else if (IS("bank", "limit_objects"))
+		rc = parse_u64(value, UINT64_MAX, &c->bank_limit_objects);
+#undef IS
+	if (rc == -ENOENT) {
+		snprintf(lc->err, lc->errlen, "%s: unknown setting [%s] %s",
+		         lc->path, section, name);
+		return 0;
+	}
+	if (rc) {
+		snprintf(lc->err, lc->errlen, "%s: bad value for [%s] %s: '%s'",
+		         lc->path, section, name, value);
+		return 0;
+	}
+	return 1;
+}
+
+int config_load(struct node_config *c, const char *path, char *err,
+                unsigned errlen)
+{
+	struct load_ctx lc = { .c = c, .err = err, .errlen = errlen, .path = path };
+	int rc;
+
+	err[0] = '\0';
+	rc = ini_parse(path, on_key, &lc);
+	if (rc == -1) {
+		snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+		return -ENOENT;
+	}
+	if (rc != 0) {
+		if (!err[0])
+			snprintf(err, errlen, "%s:%d: syntax error", path, rc);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int config_check(const struct node_config *c, char *err, unsigned errlen)
+{
+	const struct {
+		const char *name;
+		uint32_t v, lo, hi;
+	} r[] = {
+		{ "pools.objects", c->objects, 4, 1u << 24 },
+		{ "pools.caps", c->caps, 16, 1u << 26 },
+		{ "pools.clients", c->clients, 1, 1u << 16 },
+		{ "pools.slots_per_client", c->slots_per_client, 8, 1u << 20 },
+		{ "pools.mappings", c->mappings, 1, 1u << 24 },
+		{ "pools.locks", c->locks, 1, 1u << 24 },
+		{ "pools.sturdy", c->sturdy, 1, 1u << 24 },
+		{ "pools.frames", c->frames, 1, 1u << 30 },
+		{ "node.max_payload", c->max_payload, 4096, WIRE_PAYLOAD_MAX },
+		{ "node.poll_us", c->poll_us, 0, 1000000 },
+	};
+	for (size_t i = 0; i < sizeof r / sizeof r[0]; i++)
+		if (r[i].v < r[i].lo || r[i].v > r[i].hi) {
+			snprintf(err, errlen, "%s = %" PRIu32 " is outside [%" PRIu32
+			         ", %" PRIu32 "]", r[i].name, r[i].v, r[i].lo, r[i].hi);
+			return -EINVAL;
+		}
+	if ((uint64_t)c->clients * c->slots_per_client > (1u << 26)) {
+		snprintf(err, errlen, "pools.clients * pools.slots_per_client is too large");
+		return -EINVAL;
+	}
+	return 0;
+}

@@ -1,0 +1,173 @@
+/* pager.c — the daemon as the pager of every local mapping, through each
+ * client's userfaultfd.
+ *
+ * A client maps an object's memfd MAP_SHARED and registers the range with
+ * MISSING | MINOR (| WP when writable). Then:
+ *   missing page (not in the file yet)  -> UFFDIO_ZEROPAGE (or COPY of
+ *                                          zeros) puts it in the file
+ *   minor (in the file, not mapped)     -> UFFDIO_CONTINUE maps it
+ *   write-protect fault                 -> lifted if the mapping may write
+ * Every fault first re-checks the mapping's own capability; a fault on a
+ * revoked mapping, or at an address no mapping covers, is answered with
+ * SIGBUS to the faulting thread, as a touch past the end of a file is.
+ * Processes on one node share the file's pages, so a page faulted in once is
+ * free to touch for every mapping of it afterwards. */
+#include <errno.h>
+#include <inttypes.h>
+#include <linux/userfaultfd.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "node.h"
+
+#define PAGE 4096u
+
+static int uffd_ioctl(int fd, unsigned long req, void *arg)
+{
+	for (int tries = 0; tries < 100; tries++) {
+		if (ioctl(fd, req, arg) == 0)
+			return 0;
+		if (errno != EAGAIN && errno != EINTR)
+			return -errno;
+	}
+	return -EAGAIN;
+}
+
+static int wake(int fd, uint64_t addr)
+{
+	struct uffdio_range r = { .start = addr, .len = PAGE };
+	return uffd_ioctl(fd, UFFDIO_WAKE, &r);
+}
+
+static int resolve_missing(int fd, uint64_t addr)
+{
+	static uint8_t zeros[PAGE] __attribute__((aligned(PAGE)));
+	struct uffdio_zeropage z = { .range = { .start = addr, .len = PAGE } };
+	int rc = uffd_ioctl(fd, UFFDIO_ZEROPAGE, &z);
+
+	if (rc == -EINVAL) {
+		struct uffdio_copy c = {
+			.dst = addr, .src = (uint64_t)(uintptr_t)zeros, .len = PAGE
+		};
+		rc = uffd_ioctl(fd, UFFDIO_COPY, &c);
+	}
+	if (rc == -EEXIST) {
+		/* Another process put the page in the file meanwhile: map it. */
+		struct uffdio_continue cn = { .range = { .start = addr, .len = PAGE } };
+		rc = uffd_ioctl(fd, UFFDIO_CONTINUE, &cn);
+	}
+	return rc;
+}
+
+static int resolve_minor(int fd, uint64_t addr)
+{
+	struct uffdio_continue cn = { .range = { .start = addr, .len = PAGE } };
+	return uffd_ioctl(fd, UFFDIO_CONTINUE, &cn);
+}
+
+static int write_protect(int fd, uint64_t addr, uint64_t len, bool on)
+{
+	struct uffdio_writeprotect wp = {
+		.range = { .start = addr, .len = len },
+		.mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
+	};
+	return uffd_ioctl(fd, UFFDIO_WRITEPROTECT, &wp);
+}
+
+static struct mapping *find_mapping(struct node *n, struct session *s,
+                                    uint64_t addr)
+{
+	for (uint32_t i = s->maps; i != NODE_NIL; i = n->maps[i].next) {
+		struct mapping *m = &n->maps[i];
+		if (m->committed && addr >= m->addr && addr - m->addr < m->length)
+			return m;
+	}
+	return NULL;
+}
+
+static void refuse(struct node *n, struct session *s, uint32_t tid,
+                   uint64_t addr, const char *why)
+{
+	n->ct.faults_refused++;
+	log_info("fault refused", "session=%u pid=%d tid=%u addr=0x%" PRIx64
+	         " why=\"%s\"", node_sid(n, s), (int)s->pid, tid, addr, why);
+	if (tid == 0 || syscall(SYS_tgkill, s->pid, (pid_t)tid, SIGBUS) != 0)
+		kill(s->pid, SIGBUS);
+}
+
+static void on_fault(struct node *n, struct session *s,
+                     const struct uffd_msg *msg)
+{
+	uint64_t addr = msg->arg.pagefault.address & ~(uint64_t)(PAGE - 1);
+	uint64_t flags = msg->arg.pagefault.flags;
+	uint32_t tid = msg->arg.pagefault.feat.ptid;
+	struct mapping *m = find_mapping(n, s, addr);
+	uint32_t need = CAP_R_READ;
+	int rc;
+
+	if (!m)
+		return refuse(n, s, tid, addr, "no mapping at that address");
+	if (flags & (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP))
+		need |= CAP_R_WRITE;
+	if (m->revoked ||
+	    cap_check(n->cs, s->clist, m->slot, CAP_KIND_DATA, need, NULL) != 0) {
+		if (!m->revoked)
+			node_check_mappings(n);
+		return refuse(n, s, tid, addr, "mapping's capability is revoked");
+	}
+	if (flags & UFFD_PAGEFAULT_FLAG_WP) {
+		n->ct.faults_wp++;
+		rc = write_protect(s->uffd, addr, PAGE, false);
+	} else if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
+		n->ct.faults_minor++;
+		rc = resolve_minor(s->uffd, addr);
+	} else {
+		n->ct.faults_missing++;
+		rc = resolve_missing(s->uffd, addr);
+	}
+	if (rc == -EEXIST)
+		rc = wake(s->uffd, addr); /* resolved by a racing fault */
+	if (rc && rc != -ENOENT && rc != -ESRCH)
+		log_warn("fault not resolved", "session=%u addr=0x%" PRIx64
+		         " flags=0x%" PRIx64 " err=\"%s\"", node_sid(n, s), addr,
+		         flags, strerror(-rc));
+}
+
+void node_pager_events(struct node *n, struct session *s)
+{
+	struct uffd_msg msgs[32];
+
+	for (;;) {
+		ssize_t r = read(s->uffd, msgs, sizeof msgs);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN)
+				log_warn("userfaultfd read failed", "session=%u err=\"%s\"",
+				         node_sid(n, s), strerror(errno));
+			return;
+		}
+		for (size_t i = 0; i < (size_t)r / sizeof msgs[0]; i++) {
+			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
+				on_fault(n, s, &msgs[i]);
+			if (!s->used || s->uffd < 0)
+				return;
+		}
+		if ((size_t)r < sizeof msgs)
+			return;
+	}
+}
+
+void node_pager_revoke(struct node *n, struct session *s, struct mapping *m)
+{
+	if (s->uffd < 0 || !(m->rights & CAP_R_WRITE))
+		return;
+	int rc = write_protect(s->uffd, m->addr, m->length, true);
+	if (rc && rc != -ENOENT && rc != -ESRCH)
+		log_warn("write-protect of revoked mapping failed",
+		         "session=%u mapping=0x%" PRIx64 " err=\"%s\"",
+		         node_sid(n, s), m->id, strerror(-rc));
+}
