@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, builds twice (plain, and with
+# AddressSanitizer + UndefinedBehaviorSanitizer) and runs every test in both.
+# Usage: scripts/test.sh [--quick]   (--quick: the plain build only)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+
+run() {
+  local dir=$1; shift
+  bash scripts/build.sh "$@" "$dir"
+  (cd "$dir" && ctest --output-on-failure --timeout 300 -j 2)
+}
+
+echo "== plain build =="
+run build
+if [ "${1:-}" != "--quick" ]; then
+  echo "== AddressSanitizer + UndefinedBehaviorSanitizer build =="
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    run build-asan --sanitize
+fi
