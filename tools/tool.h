@@ -1,0 +1,111 @@
+/* tool.h — internals of the `capdsm` command-line tool, shared by its files.
+ *
+ * capdsm.c parses the command line into one `struct tool_args` and calls the
+ * verb's handler; each handler returns the process exit status and prints at
+ * most one line on stderr, "capdsm: <verb>: <reason>". Only main() exits.
+ * The tool speaks to daemons only through libcapdsm (dsm/capdsm.h).
+ */
+#ifndef CAPDSM_TOOL_H
+#define CAPDSM_TOOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "capdsm.h"
+
+/* Exit statuses. */
+#define TOOL_EXIT_OK 0
+#define TOOL_EXIT_FAIL 1
+#define TOOL_EXIT_USAGE 2
+
+#define TOOL_MAX_NODES 256u
+#define TOOL_CHUNK (1u << 20) /* bytes per read/write request */
+
+/* Options, as bits of tool_args.seen and of a verb's allowed/required sets. */
+enum tool_opt {
+	TOOL_O_DIR = 1u << 0,
+	TOOL_O_NODE = 1u << 1,
+	TOOL_O_NODES = 1u << 2,
+	TOOL_O_FRAMES = 1u << 3,
+	TOOL_O_OBJECTS = 1u << 4,
+	TOOL_O_CLIENTS = 1u << 5,
+	TOOL_O_CONFIG_EXTRA = 1u << 6,
+	TOOL_O_SIZE = 1u << 7,
+	TOOL_O_BANK = 1u << 8,
+	TOOL_O_RIGHTS = 1u << 9,
+	TOOL_O_OFFSET = 1u << 10,
+	TOOL_O_LENGTH = 1u << 11,
+	TOOL_O_PARENT = 1u << 12,
+	TOOL_O_LIMIT_BYTES = 1u << 13,
+	TOOL_O_LIMIT_OBJECTS = 1u << 14,
+	TOOL_O_JSON = 1u << 15,
+};
+
+/* One command line, checked: every option the verb may take is parsed and
+ * in range; fields of options not given hold their defaults. */
+struct tool_args {
+	const char *verb;   /* the verb's words, "object create" */
+	const char *ref;    /* the REF word, or NULL */
+	unsigned seen;      /* TOOL_O_* given on the command line */
+	const char *dir;    /* --dir, else $CAPDSM_DIR, else NULL */
+	uint32_t node;      /* --node, default 0 */
+	uint32_t nodes;     /* cluster up */
+	uint32_t frames, objects, clients; /* cluster up pool overrides */
+	const char *config_extra;
+	uint64_t size, offset, length;
+	uint64_t limit_bytes, limit_objects;
+	uint32_t rights;
+	const char *bank, *parent; /* sturdy references */
+	bool json;
+};
+
+/* ---- capdsm.c: reporting ---- */
+
+/* Prints "capdsm: <verb>: <message>" on stderr; returns TOOL_EXIT_FAIL. */
+int tool_fail(const struct tool_args *a, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+/* As tool_fail, followed by ": <reason>" for the negative code rc: the
+ * daemon's reason from capdsm_strerror(c) when c is given and has one, else
+ * strerror(-rc). */
+int tool_fail_rc(const struct tool_args *a, const struct capdsm *c, int rc,
+                 const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* As tool_fail_rc, with the reason alone: "capdsm: <verb>: <reason>". */
+int tool_fail_reason(const struct tool_args *a, const struct capdsm *c,
+                     int rc);
+
+/* ---- capdsm.c: paths and I/O helpers ---- */
+
+/* Writes "<dir>/node<k>/<leaf>" (leaf may be NULL) into buf. Returns 0 or
+ * -ENAMETOOLONG. */
+int tool_node_path(char *buf, size_t len, const char *dir, uint32_t k,
+                   const char *leaf);
+/* The socket path of the node `a` names (--dir/--node). 0 or -errno. */
+int tool_socket_path(const struct tool_args *a, char *buf, size_t len);
+/* Reads up to len bytes, stopping early only at end of file. Returns the
+ * count or -errno. */
+ssize_t tool_read_full(int fd, void *buf, size_t len);
+/* Writes all len bytes. Returns 0 or -errno. */
+int tool_write_full(int fd, const void *buf, size_t len);
+
+/* ---- verbs.c: verbs that talk to one daemon ---- */
+
+int tool_object_create(const struct tool_args *a);
+int tool_cap_restrict(const struct tool_args *a);
+int tool_cap_revoke(const struct tool_args *a);
+int tool_cap_show(const struct tool_args *a);
+int tool_write(const struct tool_args *a);
+int tool_read(const struct tool_args *a);
+int tool_bank_create(const struct tool_args *a);
+int tool_bank_show(const struct tool_args *a);
+int tool_bank_destroy(const struct tool_args *a);
+int tool_stats(const struct tool_args *a);
+
+/* ---- cluster.c: a local cluster of daemons in one directory ---- */
+
+int tool_cluster_up(const struct tool_args *a);
+int tool_cluster_status(const struct tool_args *a);
+int tool_cluster_down(const struct tool_args *a);
+
+#endif /* CAPDSM_TOOL_H */
