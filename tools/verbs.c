@@ -92,6 +92,7 @@ static int object_create(const struct tool_args *a, struct capdsm *c)
 
 static int cap_restrict(const struct tool_args *a, struct capdsm *c)
 {
+	char ref[CAPDSM_REF_MAX];
 	uint32_t slot, narrow;
 	int rc, status;
 
@@ -101,7 +102,16 @@ static int cap_restrict(const struct tool_args *a, struct capdsm *c)
 	rc = capdsm_restrict(c, slot, a->rights, &narrow);
 	if (rc)
 		return tool_fail_reason(a, c, rc);
-	return print_ref(a, c, narrow);
+	/* The daemon decides what may be exported; when it refuses a
+	 * capability without grant, say what would help. */
+	rc = capdsm_export(c, narrow, ref, sizeof(ref));
+	if (rc == -EPERM && !(a->rights & CAPDSM_R_GRANT))
+		return tool_fail_rc(a, c, rc, "the new capability has no "
+		                    "reference (add grant to --rights?)");
+	if (rc)
+		return tool_fail_reason(a, c, rc);
+	printf("%s\n", ref);
+	return TOOL_EXIT_OK;
 }
 
 static int cap_revoke(const struct tool_args *a, struct capdsm *c)
@@ -369,11 +379,6 @@ int tool_object_create(const struct tool_args *a)
 
 int tool_cap_restrict(const struct tool_args *a)
 {
-	/* Checked before any request: restrict would succeed, then export
-	 * would refuse the new capability. */
-	if (!(a->rights & CAPDSM_R_GRANT))
-		return tool_fail(a, "--rights must include grant: only a "
-		                 "capability with grant has a reference to print");
 	return with_node(a, cap_restrict);
 }
 
