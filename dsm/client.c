@@ -111,8 +111,24 @@ static int rpc(struct capdsm *c, Capdsm__Request *q, const void *out_pl,
 		return fail(c, -EMSGSIZE, "request too large");
 	capdsm__request__pack(q, c->msg);
 	rc = wire_send(c->fd, c->msg, (uint32_t)len, out_pl, out_len, out_fd);
-	if (rc)
-		return fail(c, rc, "send to daemon: %s", strerror(-rc));
+	if (rc) {
+		/* A daemon that refuses us (say, no free session) sends its
+		 * reason and closes: read it rather than report a bare EPIPE. */
+		struct wire_hdr h;
+		Capdsm__Reply *r;
+		int st = rc;
+
+		fail(c, rc, "send to daemon: %s", strerror(-rc));
+		if (wire_recv_msg(c->fd, &h, c->msg, NULL, 0) == 0 &&
+		    (r = capdsm__reply__unpack(NULL, h.msg_len, c->msg))) {
+			if (r->status && r->error && r->error[0]) {
+				st = r->status;
+				fail(c, st, "%s", r->error);
+			}
+			capdsm__reply__free_unpacked(r, NULL);
+		}
+		return st;
+	}
 	for (;;) {
 		struct wire_hdr h;
 		Capdsm__Reply *r;
@@ -563,8 +579,14 @@ int capdsm_map(struct capdsm *c, uint32_t process_slot, uint32_t slot,
 		rc = fail(c, -EPROTO, "map reply carried no memory");
 		goto undo;
 	}
+	/* A read-only mapping is MAP_PRIVATE over a read-only file: the
+	 * kernel lets userfaultfd register it (it needs VM_MAYWRITE, which a
+	 * private mapping has), reads see the shared page-cache pages, and a
+	 * store — even after mprotect — could only ever reach a private copy,
+	 * never the object. */
 	p = mmap(NULL, len, PROT_READ | ((rights & CAPDSM_R_WRITE) ? PROT_WRITE : 0),
-	         MAP_SHARED, fd, (off_t)offset);
+	         (rights & CAPDSM_R_WRITE) ? MAP_SHARED : MAP_PRIVATE, fd,
+	         (off_t)offset);
 	close(fd);
 	if (p == MAP_FAILED) {
 		rc = fail(c, -errno, "mmap: %s", strerror(errno));

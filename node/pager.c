@@ -13,6 +13,7 @@
  * Processes on one node share the file's pages, so a page faulted in once is
  * free to touch for every mapping of it afterwards. */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <linux/userfaultfd.h>
 #include <signal.h>
@@ -60,6 +61,22 @@ static int resolve_missing(int fd, uint64_t addr)
 		rc = uffd_ioctl(fd, UFFDIO_CONTINUE, &cn);
 	}
 	return rc;
+}
+
+static int resolve_missing_private(struct node *n, struct session *s,
+                                   const struct mapping *m, uint64_t addr)
+{
+	enum cap_kind kind;
+	void *priv;
+	const struct dobj *d;
+
+	if (cap_obj_get(n->cs, m->oid, &kind, &priv) != 0 || !priv)
+		return -ENOENT;
+	d = priv;
+	if (fallocate(d->memfd, 0, (off_t)(m->offset + (addr - m->addr)), PAGE) != 0)
+		return -errno;
+	struct uffdio_continue cn = { .range = { .start = addr, .len = PAGE } };
+	return uffd_ioctl(s->uffd, UFFDIO_CONTINUE, &cn);
 }
 
 static int resolve_minor(int fd, uint64_t addr)
@@ -124,9 +141,14 @@ static void on_fault(struct node *n, struct session *s,
 	} else if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
 		n->ct.faults_minor++;
 		rc = resolve_minor(s->uffd, addr);
-	} else {
+	} else if (m->rights & CAP_R_WRITE) {
 		n->ct.faults_missing++;
 		rc = resolve_missing(s->uffd, addr);
+	} else {
+		/* A read-only mapping is private: fill the page in the object's
+		 * file, then map that shared page read-only. */
+		n->ct.faults_missing++;
+		rc = resolve_missing_private(n, s, m, addr);
 	}
 	if (rc == -EEXIST)
 		rc = wake(s->uffd, addr); /* resolved by a racing fault */

@@ -63,6 +63,14 @@ static const struct verb verbs[] = {
 	  "bank destroy REF" },
 	{ "stats", 0, NODE_OPTS | TOOL_O_JSON, TOOL_O_DIR, tool_stats,
 	  "stats [--json]" },
+	{ "map", 1,
+	  NODE_OPTS | TOOL_O_RIGHTS | TOOL_O_OFFSET | TOOL_O_LENGTH | TOOL_O_PUT |
+		  TOOL_O_AT | TOOL_O_PRINT | TOOL_O_WAIT | TOOL_O_TIMEOUT,
+	  TOOL_O_DIR, tool_map,
+	  "map REF [--rights read|read,write] [--offset O] [--length L]\n"
+	  "                    [--at X] [--put TEXT] [--print N]\n"
+	  "                    [--wait-change N [--timeout S]]\n"
+	  "          maps the object into this process and uses it as memory" },
 };
 #define NVERBS (sizeof(verbs) / sizeof(verbs[0]))
 
@@ -93,6 +101,11 @@ static const struct opt_desc opt_descs[] = {
 	{ "limit-bytes", TOOL_O_LIMIT_BYTES, K_SIZE },
 	{ "limit-objects", TOOL_O_LIMIT_OBJECTS, K_COUNT },
 	{ "json", TOOL_O_JSON, K_FLAG },
+	{ "put", TOOL_O_PUT, K_STR },
+	{ "at", TOOL_O_AT, K_SIZE },
+	{ "print", TOOL_O_PRINT, K_SIZE },
+	{ "wait-change", TOOL_O_WAIT, K_SIZE },
+	{ "timeout", TOOL_O_TIMEOUT, K_COUNT },
 };
 #define NOPTS (sizeof(opt_descs) / sizeof(opt_descs[0]))
 #define OPT_BASE 256
@@ -309,6 +322,11 @@ static int store_opt(struct tool_args *a, size_t i, const char *s)
 	case TOOL_O_LIMIT_BYTES: a->limit_bytes = v; break;
 	case TOOL_O_LIMIT_OBJECTS: a->limit_objects = v; break;
 	case TOOL_O_JSON: a->json = true; break;
+	case TOOL_O_PUT: a->put = s; break;
+	case TOOL_O_AT: a->at = v; break;
+	case TOOL_O_PRINT: a->print = v; break;
+	case TOOL_O_WAIT: a->wait = v; break;
+	case TOOL_O_TIMEOUT: a->timeout = (uint32_t)v; break;
 	default: break;
 	}
 	return 0;

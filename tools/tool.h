@@ -41,6 +41,11 @@ enum tool_opt {
 	TOOL_O_LIMIT_BYTES = 1u << 13,
 	TOOL_O_LIMIT_OBJECTS = 1u << 14,
 	TOOL_O_JSON = 1u << 15,
+	TOOL_O_PUT = 1u << 16,
+	TOOL_O_AT = 1u << 17,
+	TOOL_O_PRINT = 1u << 18,
+	TOOL_O_WAIT = 1u << 19,
+	TOOL_O_TIMEOUT = 1u << 20,
 };
 
 /* One command line, checked: every option the verb may take is parsed and
@@ -59,6 +64,12 @@ struct tool_args {
 	uint32_t rights;
 	const char *bank, *parent; /* sturdy references */
 	bool json;
+	/* map */
+	const char *put;   /* --put TEXT: store it through the mapping */
+	uint64_t at;       /* --at X: bytes into the mapping */
+	uint64_t print;    /* --print N: print N bytes read through it */
+	uint64_t wait;     /* --wait-change N: wait until N bytes at X change */
+	uint32_t timeout;  /* --timeout S for --wait-change (default 30) */
 };
 
 /* ---- capdsm.c: reporting ---- */
@@ -101,6 +112,7 @@ int tool_bank_create(const struct tool_args *a);
 int tool_bank_show(const struct tool_args *a);
 int tool_bank_destroy(const struct tool_args *a);
 int tool_stats(const struct tool_args *a);
+int tool_map(const struct tool_args *a);
 
 /* ---- cluster.c: a local cluster of daemons in one directory ---- */
 

@@ -421,3 +421,94 @@ int tool_stats(const struct tool_args *a)
 {
 	return with_node(a, stats);
 }
+
+/* ---- map: the object as memory of this process ---- */
+
+/* Maps the object (read-only unless --rights says read,write), then, in this
+ * order: waits until --wait-change N bytes at --at change, stores --put
+ * with plain stores, prints --print N bytes read with plain loads. Every
+ * access is an ordinary load or store; the daemon serves the faults. */
+static int map_verb(const struct tool_args *a, struct capdsm *c)
+{
+	struct capdsm_cap_info ci;
+	uint32_t slot;
+	uint32_t rights = (a->seen & TOOL_O_RIGHTS) ? a->rights : CAPDSM_R_READ;
+	uint64_t len, span;
+	void *base;
+	int rc, status;
+
+	status = import_ref(a, c, a->ref, "REF", &slot);
+	if (status)
+		return status;
+	rc = capdsm_cap_info(c, slot, &ci);
+	if (rc)
+		return tool_fail_reason(a, c, rc);
+	len = (a->seen & TOOL_O_LENGTH) ? a->length
+	                                : ((ci.size + 4095) & ~4095ull) - a->offset;
+	span = a->put ? strlen(a->put) : 0;
+	if (a->print > span)
+		span = a->print;
+	if (a->wait > span)
+		span = a->wait;
+	if (a->at > len || span > len - a->at)
+		return tool_fail(a, "--at and the bytes used go past the mapping "
+		                 "(%" PRIu64 " bytes)", len);
+	rc = capdsm_map(c, capdsm_self(c), slot, a->offset, len, rights, &base);
+	if (rc)
+		return tool_fail_reason(a, c, rc);
+	volatile uint8_t *p = (volatile uint8_t *)base + a->at;
+
+	if (a->wait) {
+		uint8_t *was = malloc(a->wait);
+		uint64_t waited_ms = 0, limit = (a->seen & TOOL_O_TIMEOUT)
+		                                        ? (uint64_t)a->timeout * 1000
+		                                        : 30000;
+		if (!was)
+			return tool_fail_rc(a, NULL, -ENOMEM, "buffer");
+		for (uint64_t i = 0; i < a->wait; i++)
+			was[i] = p[i];
+		for (;;) {
+			uint64_t i = 0;
+			while (i < a->wait && p[i] == was[i])
+				i++;
+			if (i < a->wait)
+				break;
+			if (waited_ms >= limit) {
+				free(was);
+				return tool_fail(a, "no change within %" PRIu64 " s",
+				                 limit / 1000);
+			}
+			usleep(1000);
+			waited_ms++;
+		}
+		free(was);
+		fprintf(stderr, "capdsm: map: the bytes changed\n");
+	}
+	if (a->put) {
+		for (uint64_t i = 0; i < strlen(a->put); i++)
+			p[i] = (uint8_t)a->put[i];
+		fprintf(stderr, "capdsm: map: stored %zu bytes at %" PRIu64
+		        " through the mapping\n", strlen(a->put), a->at);
+	}
+	if (a->print || a->wait) {
+		uint64_t n = a->print ? a->print : a->wait;
+		uint8_t *out = malloc(n);
+		if (!out)
+			return tool_fail_rc(a, NULL, -ENOMEM, "buffer");
+		for (uint64_t i = 0; i < n; i++)
+			out[i] = p[i];
+		rc = tool_write_full(STDOUT_FILENO, out, n);
+		free(out);
+		if (rc)
+			return tool_fail_rc(a, NULL, rc, "stdout");
+	}
+	rc = capdsm_unmap(c, base);
+	if (rc)
+		return tool_fail_reason(a, c, rc);
+	return TOOL_EXIT_OK;
+}
+
+int tool_map(const struct tool_args *a)
+{
+	return with_node(a, map_verb);
+}
