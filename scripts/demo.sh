@@ -42,12 +42,22 @@ printf 'hello from capdsm\n' | capdsm write "$ref" --offset 0
 capdsm read "$ref" --offset 0 --length 18
 capdsm cap show "$ref"
 
+step "map it into two programs: a store in one is seen by the other"
+capdsm map "$ref" --at 4096 --wait-change 11 --timeout 20 > "$CAPDSM_DIR/seen" &
+watcher=$!
+sleep 0.5
+capdsm map "$ref" --rights read,write --at 4096 --put "stored here"
+wait "$watcher"
+echo "the other program saw: $(cat "$CAPDSM_DIR/seen")"
+[ "$(cat "$CAPDSM_DIR/seen")" = "stored here" ]
+
 step "restrict it to read-only: reads work, writes are refused"
 ro=$(capdsm cap restrict "$ref" --rights read)
 capdsm cap show "$ro"
 capdsm read "$ro" --offset 0 --length 18
 expect_fail sh -c "echo x | '$bin/tools/capdsm' write '$ro' --offset 0"
 expect_fail capdsm cap restrict "$ro" --rights read,write
+expect_fail capdsm map "$ro" --rights read,write --put x
 
 step "revoke the read-only reference: every use of it fails"
 capdsm cap revoke "$ro"
