@@ -1396,17 +1396,27 @@ int cap_transfer(struct cap_space *cs, uint32_t from, uint32_t slot,
 int cap_export(struct cap_space *cs, uint32_t clist, uint32_t slot,
                struct cap_sturdy *ref)
 {
+	return cap_export_rights(cs, clist, slot, CAP_R_ALL, ref);
+}
+
+int cap_export_rights(struct cap_space *cs, uint32_t clist, uint32_t slot,
+                      uint32_t rights, struct cap_sturdy *ref)
+{
 	struct sturdy_rec *sr;
 	uint32_t c, b, s, k;
 	int rc;
 
-	if (!cs || !ref)
+	if (!cs || !ref || rights == 0 || (rights & ~(uint32_t)CAP_R_ALL))
 		return -EINVAL;
 	rc = slot_cap(cs, clist, slot, &c);
 	if (rc)
 		return rc;
 	if (!(cs->caps[c].rights & CAP_R_GRANT))
 		return -EPERM;
+	if (rights == CAP_R_ALL)
+		rights = cs->caps[c].rights; /* cap_export: as it is */
+	if (rights & ~cs->caps[c].rights)
+		return -EPERM; /* C1 */
 	rc = bank_find(cs, cs->clists[clist].bank, &b);
 	if (rc)
 		return rc;
@@ -1419,8 +1429,7 @@ int cap_export(struct cap_space *cs, uint32_t clist, uint32_t slot,
 
 	sturdy_take(cs, s);
 	sr = &cs->sturdy[s];
-	k = cap_alloc(cs, cs->caps[c].obj, cs->caps[c].rights, c, HOLD_STURDY,
-	              s);
+	k = cap_alloc(cs, cs->caps[c].obj, rights, c, HOLD_STURDY, s);
 	sr->state = ST_LIVE;
 	sr->cap = k;
 	sr->cap_gen = cs->caps[k].gen;

@@ -223,6 +223,13 @@ int cap_transfer(struct cap_space *cs, uint32_t from, uint32_t slot,
  * reference holds its own child capability, charged to the c-list's bank. */
 int cap_export(struct cap_space *cs, uint32_t clist, uint32_t slot,
                struct cap_sturdy *ref);
+/* As cap_export, but the reference carries only `rights` (a subset of the
+ * slot's, else -EPERM; CAP_R_ALL means "as the slot has"). The slot needs
+ * CAP_R_GRANT; the reference itself need not have it, so a holder of a
+ * read-only reference made this way can use it but not pass it on through
+ * the daemon. */
+int cap_export_rights(struct cap_space *cs, uint32_t clist, uint32_t slot,
+                      uint32_t rights, struct cap_sturdy *ref);
 /* Imports a sturdy reference into a new slot (a child of the reference's
  * capability). Returns 0, -EACCES (unknown or wrong secret; compared in
  * constant time), -EKEYREVOKED, -ENOSPC, -EDQUOT. */

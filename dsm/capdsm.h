@@ -96,6 +96,11 @@ CAPDSM_API int capdsm_cap_info(struct capdsm *c, uint32_t slot,
 /* A new slot with a subset of the rights; a wider set is -EPERM. */
 CAPDSM_API int capdsm_restrict(struct capdsm *c, uint32_t slot,
                                uint32_t rights, uint32_t *new_slot);
+/* Exports a sturdy reference that carries only `rights` (a subset, else
+ * -EPERM). The slot needs the grant right; the reference need not have it,
+ * so one made without grant can be used but not passed on. */
+CAPDSM_API int capdsm_restrict_export(struct capdsm *c, uint32_t slot,
+                                      uint32_t rights, char *ref, size_t len);
 /* Revokes the capability and everything derived from it, on every path. */
 CAPDSM_API int capdsm_revoke(struct capdsm *c, uint32_t slot);
 CAPDSM_API int capdsm_drop(struct capdsm *c, uint32_t slot);

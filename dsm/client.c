@@ -344,6 +344,31 @@ int capdsm_restrict(struct capdsm *c, uint32_t slot, uint32_t rights,
 	return call(c, &q, new_slot);
 }
 
+int capdsm_restrict_export(struct capdsm *c, uint32_t slot, uint32_t rights,
+                           char *ref, size_t len)
+{
+	Capdsm__Request q = CAPDSM__REQUEST__INIT;
+	Capdsm__CapRestrict cr = CAPDSM__CAP_RESTRICT__INIT;
+	Capdsm__Reply *r;
+	int rc;
+
+	cr.slot = slot;
+	cr.rights = rights;
+	cr.export = 1;
+	q.body_case = CAPDSM__REQUEST__BODY_CAP_RESTRICT;
+	q.cap_restrict = &cr;
+	rc = rpc(c, &q, NULL, 0, -1, NULL, 0, NULL, &r);
+	if (rc)
+		return rc;
+	if (!r->ref || strlen(r->ref) >= len) {
+		capdsm__reply__free_unpacked(r, NULL);
+		return fail(c, -ENOSPC, "reference does not fit the buffer");
+	}
+	strcpy(ref, r->ref);
+	capdsm__reply__free_unpacked(r, NULL);
+	return 0;
+}
+
 int capdsm_revoke(struct capdsm *c, uint32_t slot)
 {
 	return slot_call(c, CAPDSM__REQUEST__BODY_CAP_REVOKE, slot, NULL);

@@ -719,11 +719,24 @@ static void do_cap(struct node *n, struct session *s, uint64_t id,
 	case CAPDSM__REQUEST__BODY_CAP_RESTRICT:
 		what = "restrict";
 		if (q->cap_restrict->rights == 0 ||
-		    q->cap_restrict->rights & ~(uint32_t)CAP_R_ALL)
+		    q->cap_restrict->rights & ~(uint32_t)CAP_R_ALL) {
 			rc = -EINVAL;
-		else
+		} else if (q->cap_restrict->export) {
+			/* Widening is checked first, so it reads as EPERM
+			 * whatever the grant right says. */
+			rc = cap_check(n->cs, s->clist, q->cap_restrict->slot,
+			               CAP_KIND_NONE, q->cap_restrict->rights, NULL);
+			if (!rc)
+				rc = cap_export_rights(n->cs, s->clist,
+				                       q->cap_restrict->slot,
+				                       q->cap_restrict->rights, &ref);
+			if (!rc)
+				rc = cap_sturdy_format(&ref, text, sizeof text);
+			r->ref = text;
+		} else {
 			rc = cap_restrict(n->cs, s->clist, q->cap_restrict->slot,
 			                  q->cap_restrict->rights, &r->slot);
+		}
 		break;
 	case CAPDSM__REQUEST__BODY_CAP_REVOKE:
 		what = "revoke";

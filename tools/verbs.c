@@ -93,21 +93,16 @@ static int object_create(const struct tool_args *a, struct capdsm *c)
 static int cap_restrict(const struct tool_args *a, struct capdsm *c)
 {
 	char ref[CAPDSM_REF_MAX];
-	uint32_t slot, narrow;
+	uint32_t slot;
 	int rc, status;
 
 	status = import_ref(a, c, a->ref, "REF", &slot);
 	if (status)
 		return status;
-	rc = capdsm_restrict(c, slot, a->rights, &narrow);
-	if (rc)
-		return tool_fail_reason(a, c, rc);
-	/* The daemon decides what may be exported; when it refuses a
-	 * capability without grant, say what would help. */
-	rc = capdsm_export(c, narrow, ref, sizeof(ref));
-	if (rc == -EPERM && !(a->rights & CAPDSM_R_GRANT))
-		return tool_fail_rc(a, c, rc, "the new capability has no "
-		                    "reference (add grant to --rights?)");
+	/* One step in the daemon: the reference may lack grant itself (a
+	 * read-only reference its holder cannot pass on), as long as REF
+	 * has it. */
+	rc = capdsm_restrict_export(c, slot, a->rights, ref, sizeof(ref));
 	if (rc)
 		return tool_fail_reason(a, c, rc);
 	printf("%s\n", ref);

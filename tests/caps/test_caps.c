@@ -984,6 +984,40 @@ static void test_sturdy_roundtrip(void **state)
 	AUDIT_OK(f->cs);
 }
 
+/* A reference with fewer rights than its slot, and without grant: usable,
+ * not passed on; wider than the slot is EPERM and changes nothing. */
+static void test_export_rights(void **state)
+{
+	struct fx *f = *state;
+	uint64_t o = new_data(f->cs, f->root, NULL);
+	uint32_t a0 = mint(f->cs, f->a, o, CAP_R_READ | CAP_R_WRITE | CAP_R_GRANT);
+	uint32_t b0, b1;
+	struct cap_sturdy ref, ref2;
+	struct cap_info in;
+	struct cap_stats before;
+
+	OK(cap_export_rights(f->cs, f->a, a0, CAP_R_READ, &ref));
+	OK(cap_import(f->cs, f->b, &ref, &b0));
+	in = info_of(f->cs, f->b, b0);
+	assert_int_equal(in.rights, CAP_R_READ);
+	ERR(cap_check(f->cs, f->b, b0, CAP_KIND_DATA, CAP_R_WRITE, NULL), EPERM);
+	/* The holder cannot make references or transfers of its own. */
+	ERR(cap_export(f->cs, f->b, b0, &ref2), EPERM);
+	ERR(cap_transfer(f->cs, f->b, b0, f->c, CAP_R_READ, &b1), EPERM);
+	before = stats(f->cs);
+	ERR(cap_export_rights(f->cs, f->a, a0, CAP_R_READ | CAP_R_LOCK, &ref2),
+	    EPERM);
+	ERR(cap_export_rights(f->cs, f->a, a0, 0, &ref2), EINVAL);
+	assert_int_equal(stats(f->cs).sturdy_used, before.sturdy_used);
+	assert_int_equal(stats(f->cs).caps_used, before.caps_used);
+	/* Revoking the slot it came from revokes the reference's import. */
+	OK(cap_revoke(f->cs, f->a, a0));
+	ERR(cap_check(f->cs, f->b, b0, CAP_KIND_DATA, CAP_R_READ, NULL),
+	    EKEYREVOKED);
+	ERR(cap_import(f->cs, f->c, &ref, &b1), EKEYREVOKED);
+	AUDIT_OK(f->cs);
+}
+
 static void test_sturdy_wrong_secret(void **state)
 {
 	struct fx *f = *state;
@@ -2341,6 +2375,7 @@ int main(void)
 	        T(test_clist_destroy_keeps_derived),
 	        T(test_transfer),
 	        T(test_sturdy_roundtrip),
+	        T(test_export_rights),
 	        T(test_sturdy_wrong_secret),
 	        T(test_sturdy_revoke),
 	        T(test_sturdy_revoked_by_ancestor),
