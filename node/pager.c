@@ -183,13 +183,44 @@ void node_pager_events(struct node *n, struct session *s)
 	}
 }
 
+/* Takes the pages of [off, off+len) of an object out of every mapping at
+ * once, keeping their contents: each resident extent is copied aside,
+ * punched out of the file (which unmaps it from every process) and written
+ * back through the daemon's own, unregistered mapping. The next touch
+ * through any registered mapping faults to us again, so a revoked mapping
+ * loses reads as well as writes while valid ones just fault the page back
+ * in. Nothing else runs meanwhile: this loop is the only thread. */
+static void zap_range(const struct dobj *d, uint64_t off, uint64_t len)
+{
+	static uint8_t keep[64 * 1024];
+	off_t pos = (off_t)off, end = (off_t)(off + len);
+
+	while (pos < end) {
+		off_t data = lseek(d->memfd, pos, SEEK_DATA);
+		if (data < 0 || data >= end)
+			break;
+		off_t hole = lseek(d->memfd, data, SEEK_HOLE);
+		if (hole < 0 || hole > end)
+			hole = end;
+		for (off_t p = data; p < hole; p += (off_t)sizeof keep) {
+			size_t k = (size_t)(hole - p) < sizeof keep ? (size_t)(hole - p)
+			                                           : sizeof keep;
+			memcpy(keep, d->base + p, k);
+			if (fallocate(d->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			              p, (off_t)k) == 0)
+				memcpy(d->base + p, keep, k);
+		}
+		pos = hole;
+	}
+}
+
 void node_pager_revoke(struct node *n, struct session *s, struct mapping *m)
 {
-	if (s->uffd < 0 || !(m->rights & CAP_R_WRITE))
-		return;
-	int rc = write_protect(s->uffd, m->addr, m->length, true);
-	if (rc && rc != -ENOENT && rc != -ESRCH)
-		log_warn("write-protect of revoked mapping failed",
-		         "session=%u mapping=0x%" PRIx64 " err=\"%s\"",
-		         node_sid(n, s), m->id, strerror(-rc));
+	enum cap_kind kind;
+	void *priv;
+
+	(void)s;
+	/* An object that is gone was emptied by node_on_destroy already. */
+	if (cap_obj_get(n->cs, m->oid, &kind, &priv) == 0 && priv)
+		zap_range(priv, m->offset, m->length);
 }

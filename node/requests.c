@@ -131,6 +131,13 @@ void node_on_destroy(void *ctx, uint64_t oid, enum cap_kind kind, void *priv)
 				         "object destroyed during the write");
 			}
 		}
+		/* Its memory goes from every mapping, and the file is emptied,
+		 * so even a descriptor kept by a client reaches nothing. */
+		fallocate(d->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
+		          (off_t)d->pages * PAGE);
+		if (ftruncate(d->memfd, 0) != 0)
+			log_warn("object file not emptied", "oid=0x%" PRIx64 " err=\"%s\"",
+			         oid, strerror(errno));
 		munmap(d->base, (size_t)d->pages * PAGE);
 		close(d->memfd);
 		close(d->rofd);
@@ -216,10 +223,16 @@ static void lock_granted(void *ctx, const struct coh_lock_req *r)
 	struct session *s = &n->sessions[r->owner];
 	Capdsm__Reply rep = CAPDSM__REPLY__INIT;
 
-	n->ct.locks_granted++;
 	if (!s->used)
 		return;
 	s->lock_waiting = false;
+	if (n->stopping) {
+		/* Holders are being released only because the node stops; the
+		 * waiter must not think it got the lock. */
+		node_send_error(n, s, r->tag, -ESHUTDOWN, "node is shutting down");
+		return;
+	}
+	n->ct.locks_granted++;
 	rep.id = r->tag;
 	send_ok(n, s, &rep);
 }
@@ -959,6 +972,21 @@ void node_on_frame(struct node *n, struct session *s)
 	}
 	id = q->id;
 	r.id = id;
+	if (s->rxfd >= 0 && q->body_case != CAPDSM__REQUEST__BODY_PAGER_ATTACH) {
+		close(s->rxfd); /* a descriptor nobody asked for */
+		s->rxfd = -1;
+		s->pl_id = id;
+		s->pl_left = s->hdr.payload_len;
+		s->pl_status = -EBADF;
+		snprintf(s->pl_err, sizeof s->pl_err,
+		         "a descriptor came with a request that takes none");
+		s->rd = RD_DRAIN;
+		if (s->pl_left == 0) {
+			s->rd = RD_HDR;
+			node_on_payload_done(n, s);
+		}
+		goto out;
+	}
 	if (q->body_case == CAPDSM__REQUEST__BODY_WRITE && s->hello) {
 		begin_write(n, s, id, q->write);
 		goto out;
@@ -971,10 +999,6 @@ void node_on_frame(struct node *n, struct session *s)
 		         "payload not expected with this request");
 		s->rd = RD_DRAIN;
 		goto out;
-	}
-	if (s->rxfd >= 0 && q->body_case != CAPDSM__REQUEST__BODY_PAGER_ATTACH) {
-		close(s->rxfd); /* a descriptor nobody asked for */
-		s->rxfd = -1;
 	}
 	if (!s->hello && q->body_case != CAPDSM__REQUEST__BODY_HELLO) {
 		node_send_error(n, s, id, -EPROTO, "hello must come first");

@@ -380,6 +380,69 @@ static void test_revoked_mapping_stores_do_not_land(void **state)
 	it_close(c);
 }
 
+/* Loads through an already faulted-in page of a revoked mapping fail too,
+ * without the process calling the library again: the daemon takes the
+ * pages out of every mapping, and a valid mapping of the same object in
+ * another process faults them back in with their contents intact. */
+static void test_revoked_mapping_loses_reads(void **state)
+{
+	struct capdsm *c = it_connect();
+	char ref[CAPDSM_REF_MAX];
+	uint32_t obj;
+	uint8_t data[SIZE];
+	int up[2], down[2], st = 0;
+	void *vp;
+	pid_t kid;
+
+	(void)state;
+	IT_OK(c, capdsm_object_create(c, CAPDSM_SESSION_BANK, SIZE, &obj));
+	th_fill(data, SIZE, 43);
+	IT_OK(c, capdsm_write(c, obj, 0, data, SIZE));
+	IT_OK(c, capdsm_export(c, obj, ref, sizeof ref));
+	/* The parent's own mapping stays valid throughout. */
+	IT_OK(c, capdsm_map(c, capdsm_self(c), obj, 0, SIZE, CAPDSM_R_READ, &vp));
+	assert_memory_equal(vp, data, SIZE);
+	assert_int_equal(pipe(up), 0);
+	assert_int_equal(pipe(down), 0);
+
+	kid = th_fork(20);
+	assert_true(kid >= 0);
+	if (kid == 0) {
+		struct capdsm *ck = NULL;
+		volatile uint8_t *p;
+		void *kp;
+		uint32_t s;
+		unsigned sum = 0;
+
+		TH_CHILD_CHECK(capdsm_connect(it_d.sock, NULL, &ck) == 0, 10);
+		TH_CHILD_CHECK(capdsm_import(ck, ref, &s) == 0, 11);
+		TH_CHILD_CHECK(capdsm_map(ck, capdsm_self(ck), s, 0, SIZE,
+		                          CAPDSM_R_READ, &kp) == 0, 12);
+		p = kp;
+		for (size_t i = 0; i < SIZE; i++) /* every page faulted in */
+			sum += p[i];
+		TH_CHILD_CHECK(th_pipe_send(up[1], 'm') == 0, 13);
+		TH_CHILD_CHECK(th_pipe_recv(down[0], 10000) == 'r', 14);
+		/* No library call in between: the load itself must fail. */
+		sum += p[PAGE + 5];
+		_exit((int)(sum & 1) + 20);
+	}
+	assert_int_equal(th_pipe_recv(up[0], 10000), 'm');
+	IT_OK(c, capdsm_revoke_ref(c, ref));
+	assert_int_equal(th_pipe_send(down[1], 'r'), 0);
+	assert_int_equal(th_wait(kid, 10000, &st), 0);
+	assert_true(WIFSIGNALED(st));
+	assert_int_equal(WTERMSIG(st), SIGBUS);
+	/* The valid mapping faults the pages back in, unchanged. */
+	assert_memory_equal(vp, data, SIZE);
+	IT_OK(c, capdsm_unmap(c, vp));
+	for (int i = 0; i < 2; i++) {
+		close(up[i]);
+		close(down[i]);
+	}
+	it_close(c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -387,6 +450,7 @@ int main(void)
 		IT_TEST(test_revoke_ref_from_another_process),
 		IT_TEST(test_revoked_mapping_untouched_page_kills),
 		IT_TEST(test_revoked_mapping_stores_do_not_land),
+		IT_TEST(test_revoked_mapping_loses_reads),
 	};
 	return IT_RUN("integration.revoke", tests, true);
 }
