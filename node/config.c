@@ -32,6 +32,11 @@ void config_defaults(struct node_config *c)
 		.frames = 65536,
 		.bank_limit_bytes = 0,
 		.bank_limit_objects = 0,
+		.nodes = 1,
+		.transport = "zmq",
+		.heartbeat_ms = 100,
+		.dead_after_ms = 1000,
+		.remote_frames = 16384,
 	};
 }
 
@@ -72,6 +77,38 @@ static int set_str(char *dst, size_t cap, const char *v)
 		return -EINVAL;
 	memcpy(dst, v, strlen(v) + 1);
 	return 0;
+}
+
+static int set_bool(bool *dst, const char *v)
+{
+	if (strcmp(v, "true") == 0 || strcmp(v, "yes") == 0 || strcmp(v, "1") == 0)
+		*dst = true;
+	else if (strcmp(v, "false") == 0 || strcmp(v, "no") == 0 ||
+	         strcmp(v, "0") == 0)
+		*dst = false;
+	else
+		return -EINVAL;
+	return 0;
+}
+
+/* [peer.K] address / public_key */
+static int set_peer(struct node_config *c, const char *id, const char *name,
+                    const char *value)
+{
+	uint64_t k;
+	struct node_peer *p;
+
+	if (parse_u64(id, CFG_MAX_NODES - 1, &k) != 0)
+		return -EINVAL;
+	p = &c->peers[k];
+	p->set = true;
+	if (strcmp(name, "address") == 0)
+		return set_str(p->address, sizeof p->address, value);
+	if (strcmp(name, "public_key") == 0)
+		return strlen(value) == CFG_KEY_LEN
+		               ? set_str(p->public_key, sizeof p->public_key, value)
+		               : -EINVAL;
+	return -ENOENT;
 }
 
 static int on_key(void *user, const char *section, const char *name,
@@ -116,6 +153,24 @@ static int on_key(void *user, const char *section, const char *name,
 		rc = parse_u64(value, UINT64_MAX, &c->bank_limit_bytes);
 	else if (IS("bank", "limit_objects"))
 		rc = parse_u64(value, UINT64_MAX, &c->bank_limit_objects);
+	else if (IS("cluster", "nodes"))
+		rc = set_u32(&c->nodes, value);
+	else if (IS("cluster", "transport"))
+		rc = strcmp(value, "zmq") == 0
+		             ? set_str(c->transport, sizeof c->transport, value)
+		             : -EINVAL;
+	else if (IS("cluster", "secret_key_file"))
+		rc = set_str(c->secret_key_file, sizeof c->secret_key_file, value);
+	else if (IS("cluster", "plaintext"))
+		rc = set_bool(&c->plaintext, value);
+	else if (IS("cluster", "heartbeat_ms"))
+		rc = set_u32(&c->heartbeat_ms, value);
+	else if (IS("cluster", "dead_after_ms"))
+		rc = set_u32(&c->dead_after_ms, value);
+	else if (IS("pools", "remote_frames"))
+		rc = set_u32(&c->remote_frames, value);
+	else if (strncmp(section, "peer.", 5) == 0)
+		rc = set_peer(c, section + 5, name, value);
 #undef IS
 	if (rc == -ENOENT) {
 		snprintf(lc->err, lc->errlen, "%s: unknown setting [%s] %s",
@@ -173,6 +228,26 @@ int config_check(const struct node_config *c, char *err, unsigned errlen)
 			         ", %" PRIu32 "]", r[i].name, r[i].v, r[i].lo, r[i].hi);
 			return -EINVAL;
 		}
+	if (c->nodes < 1 || c->nodes > CFG_MAX_NODES || c->node_id >= c->nodes) {
+		snprintf(err, errlen, "cluster.nodes = %u with node id %u: need "
+		         "1..%u nodes and id < nodes", c->nodes, c->node_id,
+		         CFG_MAX_NODES);
+		return -EINVAL;
+	}
+	if (c->nodes > 1) {
+		for (uint32_t k = 0; k < c->nodes; k++)
+			if (!c->peers[k].set || !c->peers[k].address[0] ||
+			    (!c->plaintext && !c->peers[k].public_key[0])) {
+				snprintf(err, errlen, "[peer.%u] needs an address%s", k,
+				         c->plaintext ? "" : " and a public_key");
+				return -EINVAL;
+			}
+		if (c->heartbeat_ms < 1 || c->dead_after_ms < 2 * c->heartbeat_ms) {
+			snprintf(err, errlen, "cluster.dead_after_ms must be at least "
+			         "twice cluster.heartbeat_ms");
+			return -EINVAL;
+		}
+	}
 	if ((uint64_t)c->clients * c->slots_per_client > (1u << 26)) {
 		snprintf(err, errlen, "pools.clients * pools.slots_per_client is too large");
 		return -EINVAL;

@@ -3,9 +3,20 @@
 #ifndef CAPDSM_NODE_CONFIG_H
 #define CAPDSM_NODE_CONFIG_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "log.h"
+
+#define CFG_MAX_NODES 256
+#define CFG_KEY_LEN 40   /* a CURVE key in Z85 */
+#define CFG_ADDR_LEN 128
+
+struct node_peer {
+	bool set;
+	char address[CFG_ADDR_LEN];        /* tcp://A.B.C.D:PORT */
+	char public_key[CFG_KEY_LEN + 1];  /* Z85 */
+};
 
 struct node_config {
 	uint32_t node_id;
@@ -20,6 +31,16 @@ struct node_config {
 	uint32_t sturdy, frames; /* frames: 4 KiB page frames */
 	/* root bank */
 	uint64_t bank_limit_bytes, bank_limit_objects;
+	/* cluster: nodes 0..nodes-1, each a [peer.K] section; nodes = 1 and
+	 * no peers is a cluster of one */
+	uint32_t nodes;
+	char transport[16];     /* "zmq" */
+	char secret_key_file[512]; /* this node's CURVE secret key, Z85 */
+	char secret_key[CFG_KEY_LEN + 1]; /* read from the file at check */
+	bool plaintext;         /* explicit: no CURVE (benchmarks only) */
+	uint32_t heartbeat_ms, dead_after_ms;
+	uint32_t remote_frames; /* frames for pages cached from other homes */
+	struct node_peer peers[CFG_MAX_NODES];
 };
 
 /* Fills defaults. */
