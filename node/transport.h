@@ -206,14 +206,21 @@ int tp_fd(struct tp *t);
  * happened), or a negative errno if ZeroMQ failed (-ETERM, -EFAULT...).
  * Must run at least every heartbeat_ms — tp_fd makes sure the caller
  * wakes — and never stall longer than dead_after_ms - heartbeat_ms, or the
- * peers will evict this node (TP_DOWN_EVICTED on their side).
+ * peers will evict this node (TP_DOWN_EVICTED on their side). A gap of
+ * more than 2 * heartbeat_ms between two calls counts as this node's own
+ * stall (tp_stats.stalls): silence observed across it declares no peer
+ * dead — their dead_after_ms window starts again.
  *
  * Adaptive polling (../shared/notes/machine.md: waking a sleeping thread
  * costs tens of microseconds, a spin costs a core): a daemon awaiting a
  * reply keeps calling epoll_wait(epfd, ..., 0) — which sees tp_fd — and
  * tp_poll for up to poll_us after the last event, then sleeps in
- * epoll_wait(-1); capdsmd's loop already does exactly that. tp_run below
- * is the same loop for programs without an event loop. */
+ * epoll_wait(-1); capdsmd's loop already does exactly that. With this
+ * ZeroMQ implementation the spin must call sched_yield() between empty
+ * polls: messages move through ZeroMQ's own I/O thread in each process,
+ * which a spin that never yields keeps off a core (on the 2-core machines,
+ * median round trips got no better and p99 grew to 8-12 ms). tp_run below
+ * is that loop for programs without an event loop. */
 int tp_poll(struct tp *t, const struct tp_handlers *h, void *ctx);
 
 /* Milliseconds until tp_poll has timed work (a heartbeat or a failure
@@ -222,7 +229,8 @@ int tp_poll(struct tp *t, const struct tp_handlers *h, void *ctx);
 int tp_next_timeout_ms(struct tp *t);
 
 /* A poll-then-sleep helper for tests and benchmarks: calls tp_poll in a
- * loop for up to spin_us microseconds, then sleeps on tp_fd; returns as
+ * loop (yielding between polls) for up to spin_us microseconds, then
+ * sleeps on tp_fd; returns as
  * soon as a tp_poll made callbacks (its count), 0 after timeout_ms
  * (-1: no limit) without any, or a negative errno. */
 int tp_run(struct tp *t, const struct tp_handlers *h, void *ctx,
