@@ -12,6 +12,13 @@
  * The ZAP socket is bound before the PULL: libzmq 4.3 admits every CURVE
  * client when no handler is bound (curve_server.cpp, "Stonehouse").
  *
+ * Choices: liveness comes from our own heartbeats, not ZMTP's
+ * (ZMQ_HEARTBEAT_IVL/TTL/TIMEOUT): ZMTP PINGs are answered by the peer's
+ * I/O thread even while its application is stuck, and they cannot carry
+ * incarnations; a ZMTP timeout would only cut a silent TCP connection,
+ * losing what sat in it. ZMQ_IMMEDIATE stays 0 (see open_push). Each node
+ * has its own zmq context, because the ZAP endpoint is per context.
+ *
  * Wire format: frame 1 is a 32-byte transport header followed by the
  * caller's header; frame 2, only if the payload is not empty, is the
  * payload. Little-endian:
@@ -746,8 +753,8 @@ enum seen { SEEN_CURRENT, SEEN_JOINING, SEEN_STALE };
  * incarnation `inc` and its idea `dst` of ours (T3). A newer incarnation
  * ends the current one (TP_DOWN_RESTARTED) and starts JOINING; it becomes
  * UP only once a message of it names our incarnation, which proves both
- * directions work (a one-way link, e.g. a wrong server key on one side,
- * never comes UP). Returns SEEN_CURRENT for a message of the UP
+ * directions work (a one-way link — traffic filtered one way, or our
+ * connection to it refused — never comes UP). Returns SEEN_CURRENT for a message of the UP
  * incarnation, SEEN_JOINING for one of an incarnation still joining,
  * SEEN_STALE for one of an older or dead incarnation. */
 static enum seen peer_seen(struct tp *t, const struct tp_handlers *h,

@@ -98,7 +98,8 @@ enum tp_down_reason {
 	TP_DOWN_NONE = 0,
 	TP_DOWN_TIMEOUT,   /* nothing arrived for dead_after_ms */
 	TP_DOWN_RESTARTED, /* a newer incarnation spoke: the old one is gone;
-	                      an UP for the new incarnation follows at once */
+	                      the new one is JOINING, and UP once it has
+	                      heard from this node (one heartbeat exchange) */
 	TP_DOWN_EVICTED,   /* it says this node's incarnation is dead to it
 	                      (we were too slow); the channel cannot resume */
 	TP_DOWN_BROKEN,    /* a sequence gap: a data message was lost */
@@ -158,7 +159,8 @@ struct tp_stats {
 
 struct tp_peer_info {
 	enum tp_peer_state state;
-	uint64_t incarnation;    /* the known (or dead) one; 0 while JOINING */
+	uint64_t incarnation;    /* UP/DOWN: that incarnation; JOINING: the
+	                            newest heard of, 0 if none */
 	uint64_t silent_ms;      /* since anything arrived from it; 0 if never */
 	bool connected;          /* our outgoing connection finished a handshake */
 	uint64_t sent, received; /* data messages in the current channel */
@@ -168,12 +170,12 @@ struct tp; /* opaque: one per node, per process */
 
 /* Generates a CURVE key pair as Z85 strings (40 characters and a NUL).
  * Returns 0, or -ENOTSUP if libzmq was built without CURVE. Wraps
- * zmq_curve_keypair (libsodium underneath). */
+ * zmq_curve_keypair (Curve25519 via libsodium; CurveZMQ, ZeroMQ RFC 26). */
 int tp_keypair(char pub[TP_KEY_LEN + 1], char sec[TP_KEY_LEN + 1]);
 
 /* Checks cfg, binds peers[self].address and connects to every other member
- * (connections complete in the background; peers come UP through on_peer
- * as their first messages arrive). On success *out owns every resource and
+ * (connections complete in the background; each peer comes UP through
+ * on_peer once a heartbeat has gone both ways, typically milliseconds). On success *out owns every resource and
  * tp_close releases them. Returns 0 or a negative errno with one line in
  * err (may be NULL):
  *  -EINVAL  bad membership, address, key or timing; in particular a missing
@@ -181,7 +183,10 @@ int tp_keypair(char pub[TP_KEY_LEN + 1], char sec[TP_KEY_LEN + 1]);
  *           key is refused"), or a secret key that is not this node's;
  *  -ENOTSUP CURVE wanted but libzmq lacks it;
  *  -EADDRINUSE / -EADDRNOTAVAIL and other bind errors; -ENOMEM; -EMFILE.
- * The caller's cfg and peers array may be freed after the call. */
+ * The caller's cfg and peers array may be freed after the call. Checks
+ * everything before creating anything (seL4's decode-then-act), and sets
+ * up ZeroMQ's "Ironhouse" pattern: CURVE both ways, plus a ZAP handler
+ * (RFC 27) that admits only the membership's client keys. */
 int tp_open(struct tp **out, const struct tp_config *cfg, char *err,
             size_t errlen);
 
@@ -196,7 +201,9 @@ void tp_close(struct tp *t);
  * signals a state change, not "a message is queued": after a wake-up
  * every message must be drained until EAGAIN, and a zmq_send on the socket
  * may consume the signal); tp_poll hides that by always draining or
- * raising the eventfd. Owned by t: do not close it. */
+ * raising the eventfd. Owned by t: do not close it. The one-fd-plus-a-
+ * process-call shape is c-ares' (ares_fds/ares_process) and libcurl's
+ * multi interface, turned level-triggered so any epoll loop can use it. */
 int tp_fd(struct tp *t);
 
 /* Does all pending work without blocking: authorises handshakes (ZAP),
@@ -223,22 +230,25 @@ int tp_fd(struct tp *t);
  * is that loop for programs without an event loop. */
 int tp_poll(struct tp *t, const struct tp_handlers *h, void *ctx);
 
-/* Milliseconds until tp_poll has timed work (a heartbeat or a failure
- * deadline), 0 if it has work now. For callers that compute their own
- * epoll timeout instead of relying on tp_fd's timerfd. */
+/* Milliseconds until tp_poll has timed work (a heartbeat, a failure
+ * deadline, a redial), 0 if it has work now. Cannot fail. For callers that
+ * compute their own epoll timeout instead of relying on tp_fd's timerfd
+ * (as curl_multi_timeout serves libcurl's callers). */
 int tp_next_timeout_ms(struct tp *t);
 
 /* A poll-then-sleep helper for tests and benchmarks: calls tp_poll in a
  * loop (yielding between polls) for up to spin_us microseconds, then
- * sleeps on tp_fd; returns as
- * soon as a tp_poll made callbacks (its count), 0 after timeout_ms
- * (-1: no limit) without any, or a negative errno. */
+ * sleeps on tp_fd; returns as soon as a tp_poll made callbacks (their
+ * count), 0 after timeout_ms (-1: no limit) without any, or a negative
+ * errno. Spin-then-block is the adaptive waiting of adaptive mutexes and
+ * of Linux's busy-poll sockets. */
 int tp_run(struct tp *t, const struct tp_handlers *h, void *ctx,
            int timeout_ms, uint32_t spin_us);
 
 /* Queues one data message for `peer`: hdr (hdrlen <= TP_MAX_HDR) and an
  * optional payload (plen <= max_payload; NULL iff 0), both copied before
- * return. 0 means queued, not delivered: if the peer dies first, on_peer
+ * return, in two frames (the payload is not copied into the header). The
+ * error model is send(2)'s with MSG_DONTWAIT: never block, say -EAGAIN. 0 means queued, not delivered: if the peer dies first, on_peer
  * says so (T1, T3). Errors, after which nothing was queued:
  *  -EAGAIN     its queue holds queue_limit messages: retry after
  *              on_writable (or any later tp_poll);
@@ -250,16 +260,20 @@ int tp_run(struct tp *t, const struct tp_handlers *h, void *ctx,
 int tp_send(struct tp *t, uint32_t peer, const void *hdr, size_t hdrlen,
             const void *payload, size_t plen);
 
-/* true iff the peer is UP. Cannot fail (false for an unknown id). */
+/* true iff the peer is UP (its current incarnation, both directions
+ * proven). Cannot fail: false for an unknown id and for self. */
 bool tp_peer_alive(struct tp *t, uint32_t peer);
 
-/* Fills *out with the peer's state. Returns 0 or -EINVAL (no such peer). */
+/* Fills *out with the peer's state (self reads as UP, with our own
+ * incarnation), for `capdsm status`. Returns 0 or -EINVAL (no such peer
+ * or out NULL). */
 int tp_peer_info(struct tp *t, uint32_t peer, struct tp_peer_info *out);
 
-/* This process's incarnation number. */
+/* This process's incarnation number (cfg.incarnation, or the
+ * CLOCK_REALTIME microseconds tp_open took). Cannot fail. */
 uint64_t tp_incarnation(struct tp *t);
 
-/* Copies the counters. Cannot fail. */
+/* Copies the counters (monotonic since tp_open). Cannot fail. */
 void tp_stats(struct tp *t, struct tp_stats *out);
 
 /* A short constant name for a down reason ("timeout", ...). */
