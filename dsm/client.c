@@ -52,9 +52,124 @@ struct capdsm {
 	uint32_t self;
 	uint32_t max_payload;
 	struct cmap *maps;
-	uint8_t msg[WIRE_MSG_MAX];
+	uint8_t msg[sizeof(struct wire_hdr) + WIRE_MSG_MAX]; /* header + request */
+	/* Replies are read in as large pieces as the socket has (a small reply
+	 * in one receive) and decoded into a fixed arena: no malloc per call. */
+	uint8_t in[sizeof(struct wire_hdr) + WIRE_MSG_MAX];
+	uint32_t in_off, in_have;
+	uint8_t arena[64 * 1024];
+	size_t arena_used;
 	char err[256];
 };
+
+static void *arena_alloc(void *data, size_t size)
+{
+	struct capdsm *c = data;
+	size_t at = (c->arena_used + 15) & ~(size_t)15;
+
+	if (size > sizeof c->arena || at > sizeof c->arena - size)
+		return NULL;
+	c->arena_used = at + size;
+	return c->arena + at;
+}
+
+static void arena_free(void *data, void *p)
+{
+	(void)data;
+	(void)p;
+}
+
+/* Decodes a reply into the connection's arena; the reply stays valid until
+ * the next one is decoded. reply_free() is then a no-op kept for clarity
+ * at each end of use. */
+static Capdsm__Reply *reply_unpack(struct capdsm *c, size_t len,
+                                   const uint8_t *buf)
+{
+	ProtobufCAllocator al = {
+		.alloc = arena_alloc,
+		.free = arena_free,
+		.allocator_data = c,
+	};
+
+	c->arena_used = 0;
+	return capdsm__reply__unpack(&al, len, buf);
+}
+
+static void reply_free(struct capdsm *c, Capdsm__Reply *r)
+{
+	(void)c;
+	(void)r;
+}
+
+/* Makes `n` bytes available at c->in + c->in_off, receiving as much as
+ * fits. Returns 0 or a negative errno (-ECONNRESET at end of stream). */
+static int in_need(struct capdsm *c, uint32_t n, int *fd)
+{
+	if (c->in_have - c->in_off >= n)
+		return 0;
+	if (c->in_off) {
+		memmove(c->in, c->in + c->in_off, c->in_have - c->in_off);
+		c->in_have -= c->in_off;
+		c->in_off = 0;
+	}
+	while (c->in_have < n) {
+		ssize_t r = wire_recv_some(c->fd, c->in + c->in_have,
+		                           sizeof c->in - c->in_have, fd, 0);
+		if (r < 0)
+			return (int)r;
+		if (r == 0)
+			return -ECONNRESET;
+		c->in_have += (uint32_t)r;
+	}
+	return 0;
+}
+
+/* The next frame's header and message (the message points into c->in and
+ * is valid until the next call). */
+static int in_frame(struct capdsm *c, struct wire_hdr *h, const uint8_t **msg,
+                    int *fd)
+{
+	int rc = in_need(c, sizeof *h, fd);
+
+	if (rc)
+		return rc;
+	memcpy(h, c->in + c->in_off, sizeof *h);
+	rc = wire_hdr_check(h, WIRE_PAYLOAD_MAX);
+	if (rc)
+		return rc;
+	rc = in_need(c, (uint32_t)sizeof *h + h->msg_len, fd);
+	if (rc)
+		return rc;
+	*msg = c->in + c->in_off + sizeof *h;
+	c->in_off += (uint32_t)sizeof *h + h->msg_len;
+	return 0;
+}
+
+/* A payload of `n` bytes: first what is buffered, then straight from the
+ * socket into dst (dst NULL: discard). */
+static int in_payload(struct capdsm *c, void *dst, size_t n)
+{
+	size_t buffered = c->in_have - c->in_off;
+	size_t take = buffered < n ? buffered : n;
+
+	if (dst)
+		memcpy(dst, c->in + c->in_off, take);
+	c->in_off += (uint32_t)take;
+	n -= take;
+	if (n == 0)
+		return 0;
+	if (dst)
+		return wire_recv_all(c->fd, (uint8_t *)dst + take, n, NULL);
+	while (n) {
+		uint8_t sink[4096];
+		size_t k = n < sizeof sink ? n : sizeof sink;
+		int rc = wire_recv_all(c->fd, sink, k, NULL);
+		if (rc)
+			return rc;
+		n -= k;
+	}
+	return 0;
+}
 
 static int fail(struct capdsm *c, int rc, const char *fmt, ...)
 {
@@ -97,7 +212,7 @@ static void on_event(struct capdsm *c, const Capdsm__Event *ev)
 
 /* Sends a request and waits for its reply. The reply's payload (for a read)
  * goes to in/in_len; a descriptor with it to *in_fd. On success the caller
- * frees *out with capdsm__reply__free_unpacked. */
+ * is done with *out before the next call on the connection. */
 static int rpc(struct capdsm *c, Capdsm__Request *q, const void *out_pl,
                uint32_t out_len, int out_fd, void *in, uint64_t in_len,
                int *in_fd, Capdsm__Reply **out)
@@ -109,35 +224,37 @@ static int rpc(struct capdsm *c, Capdsm__Request *q, const void *out_pl,
 	len = capdsm__request__get_packed_size(q);
 	if (len > WIRE_MSG_MAX)
 		return fail(c, -EMSGSIZE, "request too large");
-	capdsm__request__pack(q, c->msg);
-	rc = wire_send(c->fd, c->msg, (uint32_t)len, out_pl, out_len, out_fd);
+	capdsm__request__pack(q, c->msg + sizeof(struct wire_hdr));
+	rc = wire_send_frame(c->fd, c->msg, (uint32_t)len, out_pl, out_len, out_fd);
 	if (rc) {
 		/* A daemon that refuses us (say, no free session) sends its
 		 * reason and closes: read it rather than report a bare EPIPE. */
 		struct wire_hdr h;
 		Capdsm__Reply *r;
+		const uint8_t *m;
 		int st = rc;
 
 		fail(c, rc, "send to daemon: %s", strerror(-rc));
-		if (wire_recv_msg(c->fd, &h, c->msg, NULL, 0) == 0 &&
-		    (r = capdsm__reply__unpack(NULL, h.msg_len, c->msg))) {
+		if (in_frame(c, &h, &m, NULL) == 0 &&
+		    (r = reply_unpack(c, h.msg_len, m))) {
 			if (r->status && r->error && r->error[0]) {
 				st = r->status;
 				fail(c, st, "%s", r->error);
 			}
-			capdsm__reply__free_unpacked(r, NULL);
+			reply_free(c, r);
 		}
 		return st;
 	}
 	for (;;) {
 		struct wire_hdr h;
 		Capdsm__Reply *r;
+		const uint8_t *m;
 		int fd = -1;
 
-		rc = wire_recv_msg(c->fd, &h, c->msg, &fd, WIRE_PAYLOAD_MAX);
+		rc = in_frame(c, &h, &m, &fd);
 		if (rc)
 			return fail(c, rc, "receive from daemon: %s", strerror(-rc));
-		r = capdsm__reply__unpack(NULL, h.msg_len, c->msg);
+		r = reply_unpack(c, h.msg_len, m);
 		if (!r) {
 			if (fd >= 0)
 				close(fd);
@@ -145,7 +262,7 @@ static int rpc(struct capdsm *c, Capdsm__Request *q, const void *out_pl,
 		}
 		if (r->id == 0 && r->event) {
 			on_event(c, r->event);
-			capdsm__reply__free_unpacked(r, NULL);
+			reply_free(c, r);
 			if (fd >= 0)
 				close(fd);
 			continue;
@@ -154,21 +271,23 @@ static int rpc(struct capdsm *c, Capdsm__Request *q, const void *out_pl,
 			int st = r->status ? r->status : -EPROTO;
 			fail(c, st, "%s", r->error && r->error[0] ? r->error
 			                                          : "reply out of order");
-			capdsm__reply__free_unpacked(r, NULL);
+			reply_free(c, r);
 			if (fd >= 0)
 				close(fd);
 			return st;
 		}
 		if (h.payload_len) {
 			if (h.payload_len != in_len || !in) {
-				capdsm__reply__free_unpacked(r, NULL);
+				reply_free(c, r);
 				if (fd >= 0)
 					close(fd);
+				/* Keep the stream in step for the next call. */
+				in_payload(c, NULL, h.payload_len);
 				return fail(c, -EPROTO, "unexpected payload in reply");
 			}
-			rc = wire_recv_all(c->fd, in, in_len, NULL);
+			rc = in_payload(c, in, in_len);
 			if (rc) {
-				capdsm__reply__free_unpacked(r, NULL);
+				reply_free(c, r);
 				if (fd >= 0)
 					close(fd);
 				return fail(c, rc, "receive data: %s", strerror(-rc));
@@ -176,7 +295,7 @@ static int rpc(struct capdsm *c, Capdsm__Request *q, const void *out_pl,
 		}
 		if (r->status) {
 			rc = fail(c, r->status, "%s", r->error ? r->error : "error");
-			capdsm__reply__free_unpacked(r, NULL);
+			reply_free(c, r);
 			if (fd >= 0)
 				close(fd);
 			return rc;
@@ -201,7 +320,7 @@ static int call(struct capdsm *c, Capdsm__Request *q, uint32_t *slot)
 		return rc;
 	if (slot)
 		*slot = r->slot;
-	capdsm__reply__free_unpacked(r, NULL);
+	reply_free(c, r);
 	return 0;
 }
 
@@ -252,7 +371,7 @@ int capdsm_connect(const char *socket_path, const char *bank_ref,
 	c->max_payload = (uint32_t)r->size;
 	if (c->max_payload < PAGE)
 		c->max_payload = PAGE;
-	capdsm__reply__free_unpacked(r, NULL);
+	reply_free(c, r);
 	*out = c;
 	return 0;
 }
@@ -304,7 +423,7 @@ static int slot_call(struct capdsm *c, Capdsm__Request__BodyCase which,
 	if (out)
 		*out = r;
 	else
-		capdsm__reply__free_unpacked(r, NULL);
+		reply_free(c, r);
 	return 0;
 }
 
@@ -317,7 +436,7 @@ int capdsm_cap_info(struct capdsm *c, uint32_t slot,
 	if (rc)
 		return rc;
 	if (!r->cap) {
-		capdsm__reply__free_unpacked(r, NULL);
+		reply_free(c, r);
 		return fail(c, -EPROTO, "reply without capability information");
 	}
 	*info = (struct capdsm_cap_info){
@@ -327,7 +446,7 @@ int capdsm_cap_info(struct capdsm *c, uint32_t slot,
 		.depth = r->cap->depth,
 		.size = r->cap->size,
 	};
-	capdsm__reply__free_unpacked(r, NULL);
+	reply_free(c, r);
 	return 0;
 }
 
@@ -361,11 +480,11 @@ int capdsm_restrict_export(struct capdsm *c, uint32_t slot, uint32_t rights,
 	if (rc)
 		return rc;
 	if (!r->ref || strlen(r->ref) >= len) {
-		capdsm__reply__free_unpacked(r, NULL);
+		reply_free(c, r);
 		return fail(c, -ENOSPC, "reference does not fit the buffer");
 	}
 	strcpy(ref, r->ref);
-	capdsm__reply__free_unpacked(r, NULL);
+	reply_free(c, r);
 	return 0;
 }
 
@@ -387,11 +506,11 @@ int capdsm_export(struct capdsm *c, uint32_t slot, char *ref, size_t len)
 	if (rc)
 		return rc;
 	if (!r->ref || strlen(r->ref) >= len) {
-		capdsm__reply__free_unpacked(r, NULL);
+		reply_free(c, r);
 		return fail(c, -ENOSPC, "reference does not fit the buffer");
 	}
 	strcpy(ref, r->ref);
-	capdsm__reply__free_unpacked(r, NULL);
+	reply_free(c, r);
 	return 0;
 }
 
@@ -439,7 +558,7 @@ int capdsm_recv(struct capdsm *c, uint32_t *slot)
 	if (rc)
 		return rc;
 	*slot = r->slot;
-	capdsm__reply__free_unpacked(r, NULL);
+	reply_free(c, r);
 	return 0;
 }
 
@@ -472,7 +591,7 @@ static int rw(struct capdsm *c, int write, uint32_t slot, uint64_t offset,
 		}
 		if (rc)
 			return rc;
-		capdsm__reply__free_unpacked(r, NULL);
+		reply_free(c, r);
 		done += n;
 	} while (done < len);
 	return 0;
@@ -552,7 +671,7 @@ static int attach_pager(struct capdsm *c)
 		close(fd);
 		return rc;
 	}
-	capdsm__reply__free_unpacked(r, NULL);
+	reply_free(c, r);
 	c->uffd = fd;
 	return 0;
 }
@@ -599,7 +718,7 @@ int capdsm_map(struct capdsm *c, uint32_t process_slot, uint32_t slot,
 		return rc;
 	}
 	id = r->mapping;
-	capdsm__reply__free_unpacked(r, NULL);
+	reply_free(c, r);
 	if (fd < 0) {
 		rc = fail(c, -EPROTO, "map reply carried no memory");
 		goto undo;
@@ -699,7 +818,7 @@ int capdsm_bank_info(struct capdsm *c, uint32_t slot,
 	if (rc)
 		return rc;
 	if (!r->bank) {
-		capdsm__reply__free_unpacked(r, NULL);
+		reply_free(c, r);
 		return fail(c, -EPROTO, "reply without bank information");
 	}
 	*info = (struct capdsm_bank_info){
@@ -711,7 +830,7 @@ int capdsm_bank_info(struct capdsm *c, uint32_t slot,
 		.used_objects = r->bank->used_objects,
 		.children = r->bank->children,
 	};
-	capdsm__reply__free_unpacked(r, NULL);
+	reply_free(c, r);
 	return 0;
 }
 
@@ -736,7 +855,7 @@ int capdsm_stats(struct capdsm *c,
 		return rc;
 	for (size_t i = 0; i < r->n_counters; i++)
 		fn(r->counters[i]->name, r->counters[i]->value, arg);
-	capdsm__reply__free_unpacked(r, NULL);
+	reply_free(c, r);
 	return 0;
 }
 

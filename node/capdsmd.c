@@ -83,7 +83,7 @@ static void accept_clients(struct node *n)
 		struct timeval tv = { .tv_sec = 5 };
 		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 
-		uint8_t *msg = s->msg, *arena = s->arena;
+		uint8_t *in = s->in, *arena = s->arena;
 		uint32_t gen = s->gen + 1;
 		*s = (struct session){
 			.used = true,
@@ -96,7 +96,8 @@ static void accept_clients(struct node *n)
 			.proc_slot = CAP_NONE,
 			.maps = NODE_NIL,
 			.rd = RD_HDR,
-			.msg = msg,
+			.in = in,
+			.msg = in + sizeof(struct wire_hdr),
 			.rxfd = -1,
 			.arena = arena,
 		};
@@ -131,37 +132,72 @@ void node_close_session(struct node *n, struct session *s, const char *why)
 	n->nsessions_used--;
 }
 
-/* Reads what is there for one session, advancing its frame reader. A
- * malformed header is answered with an error and the connection closed: a
- * byte stream whose framing is lost cannot be trusted again. */
+/* Handles every whole frame at the start of s->in. A write's payload that
+ * came in the same receive is copied where it goes; the rest of it is
+ * received straight into the object (RD_PAYLOAD). A malformed header is
+ * answered and the connection closed: a byte stream whose framing is lost
+ * cannot be trusted again. Returns false if the session was closed. */
+static bool take_frames(struct node *n, struct session *s)
+{
+	while (s->used && s->rd == RD_HDR && s->have >= sizeof s->hdr) {
+		uint32_t need, left;
+		uint8_t *rest;
+
+		memcpy(&s->hdr, s->in, sizeof s->hdr);
+		if (wire_hdr_check(&s->hdr, n->cfg.max_payload) != 0) {
+			n->ct.errors++;
+			log_warn("bad frame header", "session=%u magic=0x%08x "
+			         "msg_len=%u payload_len=%u", node_sid(n, s),
+			         s->hdr.magic, s->hdr.msg_len, s->hdr.payload_len);
+			node_send_error(n, s, 0, -EPROTO, "malformed frame header");
+			node_close_session(n, s, "bad frame header");
+			return false;
+		}
+		need = (uint32_t)sizeof s->hdr + s->hdr.msg_len;
+		if (s->have < need)
+			break;
+		node_on_frame(n, s); /* may set RD_PAYLOAD or RD_DRAIN */
+		rest = s->in + need;
+		left = s->have - need;
+		if (s->rd != RD_HDR) {
+			uint32_t take = left < s->pl_left ? left : (uint32_t)s->pl_left;
+			if (s->rd == RD_PAYLOAD) {
+				memcpy(s->pl_dst, rest, take);
+				s->pl_dst += take;
+				n->ct.bytes_written += take;
+			}
+			s->pl_left -= take;
+			rest += take;
+			left -= take;
+			if (s->pl_left == 0) {
+				s->rd = RD_HDR;
+				node_on_payload_done(n, s);
+			}
+		}
+		memmove(s->in, rest, left);
+		s->have = left;
+	}
+	return s->used;
+}
+
+/* Reads what is there for one session. Returns to the loop as soon as no
+ * partial frame is left, rather than asking the socket again only to hear
+ * EAGAIN: the loop's epoll is level-triggered and reports any rest. */
 static void client_readable(struct node *n, struct session *s)
 {
 	for (int rounds = 0; rounds < 64 && s->used; rounds++) {
 		ssize_t r;
 
-		switch (s->rd) {
-		case RD_HDR:
-			r = wire_recv_some(s->fd, (uint8_t *)&s->hdr + s->pos,
-			                   sizeof s->hdr - s->pos, &s->rxfd,
-			                   MSG_DONTWAIT);
-			break;
-		case RD_MSG:
-			r = wire_recv_some(s->fd, s->msg + s->pos,
-			                   s->hdr.msg_len - s->pos, &s->rxfd,
-			                   MSG_DONTWAIT);
-			break;
-		case RD_PAYLOAD:
+		if (s->rd == RD_PAYLOAD) {
 			r = wire_recv_some(s->fd, s->pl_dst, s->pl_left, NULL,
 			                   MSG_DONTWAIT);
-			break;
-		case RD_DRAIN: {
+		} else if (s->rd == RD_DRAIN) {
 			static uint8_t sink[65536];
 			size_t want = s->pl_left < sizeof sink ? s->pl_left : sizeof sink;
 			r = wire_recv_some(s->fd, sink, want, NULL, MSG_DONTWAIT);
-			break;
-		}
-		default:
-			return;
+		} else {
+			r = wire_recv_some(s->fd, s->in + s->have, NODE_IN - s->have,
+			                   &s->rxfd, MSG_DONTWAIT);
 		}
 		if (r == -EAGAIN || r == -EWOULDBLOCK)
 			return;
@@ -173,47 +209,25 @@ static void client_readable(struct node *n, struct session *s)
 			node_close_session(n, s, "end of stream");
 			return;
 		}
-		s->pos += (uint32_t)(s->rd == RD_PAYLOAD || s->rd == RD_DRAIN ? 0 : r);
-		switch (s->rd) {
-		case RD_HDR:
-			if (s->pos < sizeof s->hdr)
-				break;
-			if (wire_hdr_check(&s->hdr, n->cfg.max_payload) != 0) {
-				n->ct.errors++;
-				log_warn("bad frame header", "session=%u magic=0x%08x "
-				         "msg_len=%u payload_len=%u", node_sid(n, s),
-				         s->hdr.magic, s->hdr.msg_len, s->hdr.payload_len);
-				node_send_error(n, s, 0, -EPROTO, "malformed frame header");
-				node_close_session(n, s, "bad frame header");
+		if (s->rd == RD_HDR) {
+			s->have += (uint32_t)r;
+			if (!take_frames(n, s))
 				return;
+		} else {
+			if (s->rd == RD_PAYLOAD) {
+				s->pl_dst += r;
+				n->ct.bytes_written += (uint64_t)r;
 			}
-			s->rd = RD_MSG;
-			s->pos = 0;
-			break;
-		case RD_MSG:
-			if (s->pos < s->hdr.msg_len)
-				break;
-			s->pos = 0;
-			s->rd = RD_HDR;
-			node_on_frame(n, s); /* may set RD_PAYLOAD or RD_DRAIN */
-			break;
-		case RD_PAYLOAD:
-			s->pl_dst += r;
-			s->pl_left -= (uint64_t)r;
-			n->ct.bytes_written += (uint64_t)r;
-			if (s->pl_left == 0) {
-				s->rd = RD_HDR;
-				node_on_payload_done(n, s);
-			}
-			break;
-		case RD_DRAIN:
 			s->pl_left -= (uint64_t)r;
 			if (s->pl_left == 0) {
 				s->rd = RD_HDR;
 				node_on_payload_done(n, s);
+				if (!take_frames(n, s))
+					return;
 			}
-			break;
 		}
+		if (s->rd == RD_HDR && s->have == 0)
+			return;
 	}
 }
 
@@ -302,15 +316,15 @@ static int node_init(struct node *n, char *err, size_t errlen)
 	n->sessions = calloc(c->clients, sizeof *n->sessions);
 	n->dobjs = calloc(c->objects, sizeof *n->dobjs);
 	n->maps = calloc(c->mappings, sizeof *n->maps);
-	n->out = malloc(WIRE_MSG_MAX);
+	n->out = malloc(NODE_IN); /* header + message */
 	if (!n->sessions || !n->dobjs || !n->maps || !n->out) {
 		snprintf(err, errlen, "out of memory sizing the pools");
 		return -ENOMEM;
 	}
 	for (uint32_t i = 0; i < c->clients; i++) {
-		n->sessions[i].msg = malloc(WIRE_MSG_MAX);
+		n->sessions[i].in = malloc(NODE_IN);
 		n->sessions[i].arena = malloc(NODE_ARENA);
-		if (!n->sessions[i].msg || !n->sessions[i].arena) {
+		if (!n->sessions[i].in || !n->sessions[i].arena) {
 			snprintf(err, errlen, "out of memory sizing the session pool");
 			return -ENOMEM;
 		}
@@ -348,7 +362,7 @@ static void node_fini(struct node *n)
 	if (n->sessions)
 		for (uint32_t i = 0; i < n->cfg.clients; i++) {
 			node_close_session(n, &n->sessions[i], "shutdown");
-			free(n->sessions[i].msg);
+			free(n->sessions[i].in);
 			free(n->sessions[i].arena);
 		}
 	if (n->lfd >= 0) {

@@ -30,6 +30,7 @@
 #define NODE_NIL UINT32_MAX
 #define NODE_INBOX 16      /* capabilities waiting for capdsm_recv */
 #define NODE_ARENA (64u << 10) /* bytes for decoding one request */
+#define NODE_IN (sizeof(struct wire_hdr) + WIRE_MSG_MAX)
 
 struct dobj {
 	bool used;
@@ -53,7 +54,7 @@ struct mapping {
 	uint64_t bank; /* pays CAP_CHARGE_MAPPING */
 };
 
-enum rd_state { RD_HDR, RD_MSG, RD_PAYLOAD, RD_DRAIN };
+enum rd_state { RD_HDR, RD_PAYLOAD, RD_DRAIN };
 
 struct session {
 	bool used, hello;
@@ -67,11 +68,13 @@ struct session {
 	uint64_t bank;
 	uint32_t maps; /* head of this session's mapping list */
 
-	/* frame reader */
+	/* frame reader: header and message are read together into `in`
+	 * (NODE_IN bytes), so a small request costs one receive */
 	enum rd_state rd;
 	struct wire_hdr hdr;
-	uint32_t pos;
-	uint8_t *msg; /* WIRE_MSG_MAX bytes */
+	uint8_t *in;
+	uint32_t have; /* bytes in `in` */
+	uint8_t *msg;  /* in + sizeof hdr: the message being handled */
 	int rxfd;     /* a descriptor that came with the frame */
 	uint8_t *arena;
 	size_t arena_used;

@@ -37,8 +37,9 @@ int node_send_reply(struct node *n, struct session *s, void *reply,
 		log_error("reply too large", "len=%zu", len);
 		return -EMSGSIZE;
 	}
-	capdsm__reply__pack(r, n->out);
-	rc = wire_send(s->fd, n->out, (uint32_t)len, payload, payload_len, fd);
+	capdsm__reply__pack(r, n->out + sizeof(struct wire_hdr));
+	rc = wire_send_frame(s->fd, n->out, (uint32_t)len, payload, payload_len,
+	                     fd);
 	if (rc && s->used) {
 		/* Not from inside the reader's loop: mark, the loop closes. */
 		log_warn("reply not delivered", "session=%u err=\"%s\"",

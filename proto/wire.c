@@ -75,6 +75,34 @@ int wire_send(int sock, const void *msg, uint32_t msg_len,
 	return 0;
 }
 
+int wire_send_frame(int sock, void *buf, uint32_t msg_len, const void *payload,
+                    uint32_t payload_len, int fd)
+{
+	struct wire_hdr h = {
+		.magic = WIRE_MAGIC,
+		.msg_len = msg_len,
+		.payload_len = payload_len,
+		.flags = 0,
+	};
+	size_t len = sizeof h + msg_len, done = 0;
+
+	if (payload_len || fd >= 0)
+		return wire_send(sock, (uint8_t *)buf + sizeof h, msg_len, payload,
+		                 payload_len, fd);
+	memcpy(buf, &h, sizeof h);
+	while (done < len) {
+		ssize_t n = send(sock, (uint8_t *)buf + done, len - done,
+		                 MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		done += (size_t)n;
+	}
+	return 0;
+}
+
 ssize_t wire_recv_some(int sock, void *buf, size_t n, int *fd, int flags)
 {
 	union {

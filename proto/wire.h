@@ -41,6 +41,13 @@ int wire_hdr_check(const struct wire_hdr *h, uint32_t payload_max);
 int wire_send(int sock, const void *msg, uint32_t msg_len,
               const void *payload, uint32_t payload_len, int fd);
 
+/* As wire_send, for a message packed at buf + sizeof(struct wire_hdr): the
+ * header is written in front of it, so a frame without payload or
+ * descriptor goes out in one plain send(). buf must hold the header and
+ * msg_len bytes. */
+int wire_send_frame(int sock, void *buf, uint32_t msg_len, const void *payload,
+                    uint32_t payload_len, int fd);
+
 /* Reads exactly `n` bytes, blocking. A descriptor that arrives is stored in
  * *fd if fd != NULL and *fd < 0, else closed. Returns 0, -ECONNRESET on end
  * of stream, or a negative errno. */
