@@ -37,9 +37,9 @@ struct page {
 	struct coh_page_id id;
 	uint64_t cookie;
 	uint32_t home;
-	uint32_t dir;  /* directory index if self is home, else NIL */
-	uint32_t seq;  /* number of this node's latest request on the page */
-	uint32_t next; /* free list */
+	uint32_t dir;    /* directory index if self is home, else NIL */
+	uint32_t seq;    /* number of this node's latest request on the page */
+	uint32_t next;   /* free list */
 	uint8_t local;   /* enum coh_mode */
 	uint8_t pending; /* mode asked by the request in flight, or INVALID */
 	uint8_t used;
@@ -51,11 +51,11 @@ struct dir {
 	uint32_t nsharers; /* popcount of the copyset (D8) */
 	uint32_t acks;     /* B_INV: INV_ACKs still awaited (D3) */
 	uint32_t qhead, qtail, qlen;
-	uint32_t next;     /* free list */
-	struct req cur;    /* the request being served while busy */
-	uint8_t state;     /* enum coh_dir_state */
-	uint8_t busy;      /* enum busy */
-	uint8_t cur_dead;  /* cur's node died: finish the round, grant nothing */
+	uint32_t next;    /* free list */
+	struct req cur;   /* the request being served while busy */
+	uint8_t state;    /* enum coh_dir_state */
+	uint8_t busy;     /* enum busy */
+	uint8_t cur_dead; /* cur's node died: finish the round, grant nothing */
 };
 
 struct coh_node {
@@ -85,7 +85,7 @@ static bool bit_test(const uint64_t *b, uint32_t x)
 
 static uint64_t *cs_of(const struct coh_node *n, const struct dir *d)
 {
-	return n->bits + (size_t)(d - n->dirs) * n->words;
+	return n->bits + (size_t) (d - n->dirs) * n->words;
 }
 
 static bool cs_test(const struct coh_node *n, const struct dir *d, uint32_t x)
@@ -127,7 +127,7 @@ static uint32_t hash_of(const struct coh_node *n, struct coh_page_id id)
 	h ^= h >> 29;
 	h *= 0xbf58476d1ce4e5b9ull;
 	h ^= h >> 32;
-	return (uint32_t)h & n->hmask;
+	return (uint32_t) h & n->hmask;
 }
 
 static bool id_eq(struct coh_page_id a, struct coh_page_id b)
@@ -187,7 +187,7 @@ static uint32_t popcount_cs(const struct coh_node *n, const struct dir *d)
 	uint32_t c = 0;
 
 	for (uint32_t w = 0; w < n->words; w++)
-		c += (uint32_t)__builtin_popcountll(b[w]);
+		c += (uint32_t) __builtin_popcountll(b[w]);
 	return c;
 }
 
@@ -223,8 +223,8 @@ static void dir_check(const struct coh_node *n, const struct page *pg,
 	if (d->busy == B_NONE)
 		assert(d->qhead == NIL && d->qlen == 0 && !d->cur_dead && "D5");
 	/* D6: the home's own access agrees with its directory. */
-	assert((pg->local == COH_READ) == (d->state == COH_SHARED &&
-	                                   cs_test(n, d, self)) &&
+	assert((pg->local == COH_READ) ==
+	               (d->state == COH_SHARED && cs_test(n, d, self)) &&
 	       "D6");
 	assert((pg->local == COH_WRITE) ==
 	               (d->state == COH_EXCLUSIVE && d->owner == self) &&
@@ -233,16 +233,15 @@ static void dir_check(const struct coh_node *n, const struct page *pg,
 
 static void page_check(const struct coh_node *n, const struct page *pg)
 {
-	assert((pg->pending == COH_INVALID || pg->local < pg->pending) &&
-	       "R2");
+	assert((pg->pending == COH_INVALID || pg->local < pg->pending) && "R2");
 	if (pg->dir != NIL)
 		dir_check(n, pg, &n->dirs[pg->dir]);
 }
 #else
 static void page_check(const struct coh_node *n, const struct page *pg)
 {
-	(void)n;
-	(void)pg;
+	(void) n;
+	(void) pg;
 }
 #endif
 
@@ -257,25 +256,29 @@ static void emit(struct coh_node *n, const struct page *pg,
 	n->cfg.act(n->cfg.act_ctx, a);
 }
 
-static void act_send(struct coh_node *n, const struct page *pg,
-                     uint8_t type, uint8_t mode, uint32_t dst, uint32_t seq,
-                     int32_t err, bool payload)
+static void act_send(struct coh_node *n, const struct page *pg, uint8_t type,
+                     uint8_t mode, uint32_t dst, uint32_t seq, int32_t err,
+                     bool payload)
 {
-	struct coh_action a = { .type = COH_ACT_SEND };
+	struct coh_action a = {.type = COH_ACT_SEND};
 
 	assert(dst != n->cfg.self && dst < n->cfg.max_nodes);
-	a.msg = (struct coh_msg){ .type = type, .mode = mode,
-		                  .flags = payload ? COH_F_PAYLOAD : 0,
-		                  .err = err, .src = n->cfg.self, .dst = dst,
-		                  .seq = seq, .oid = pg->id.oid,
-		                  .pgno = pg->id.pgno };
+	a.msg = (struct coh_msg){.type = type,
+	                         .mode = mode,
+	                         .flags = payload ? COH_F_PAYLOAD : 0,
+	                         .err = err,
+	                         .src = n->cfg.self,
+	                         .dst = dst,
+	                         .seq = seq,
+	                         .oid = pg->id.oid,
+	                         .pgno = pg->id.pgno};
 	n->st.msgs_out++;
 	emit(n, pg, &a);
 }
 
 static void act_access(struct coh_node *n, struct page *pg, uint8_t mode)
 {
-	struct coh_action a = { .type = COH_ACT_ACCESS, .mode = mode };
+	struct coh_action a = {.type = COH_ACT_ACCESS, .mode = mode};
 
 	pg->local = mode;
 	emit(n, pg, &a);
@@ -283,7 +286,7 @@ static void act_access(struct coh_node *n, struct page *pg, uint8_t mode)
 
 static void act_install(struct coh_node *n, const struct page *pg)
 {
-	struct coh_action a = { .type = COH_ACT_INSTALL };
+	struct coh_action a = {.type = COH_ACT_INSTALL};
 
 	emit(n, pg, &a);
 }
@@ -291,8 +294,8 @@ static void act_install(struct coh_node *n, const struct page *pg)
 /* Finishes this node's request on pg (R1). */
 static void act_done(struct coh_node *n, struct page *pg, int err)
 {
-	struct coh_action a = { .type = COH_ACT_DONE, .mode = pg->pending,
-		                .err = err };
+	struct coh_action a = {
+	        .type = COH_ACT_DONE, .mode = pg->pending, .err = err};
 
 	assert(pg->pending != COH_INVALID && n->outstanding > 0 && "R1");
 	pg->pending = COH_INVALID;
@@ -337,7 +340,7 @@ static void grant_write(struct coh_node *n, struct page *pg, struct dir *d,
 	bool had = cs_test(n, d, r->node);
 
 	assert(d->busy == B_NONE && d->state != COH_EXCLUSIVE);
-	assert(d->nsharers == (uint32_t)had && "I1: others invalidated");
+	assert(d->nsharers == (uint32_t) had && "I1: others invalidated");
 	cs_clear(n, d, r->node);
 	d->state = COH_EXCLUSIVE;
 	d->owner = r->node;
@@ -415,7 +418,8 @@ static void serve(struct coh_node *n, struct page *pg, struct dir *d,
 		for (uint32_t w = 0; w < n->words; w++) {
 			uint64_t bits = b[w];
 			while (bits) {
-				uint32_t x = w * 64 + (uint32_t)__builtin_ctzll(bits);
+				uint32_t x = w * 64 +
+				             (uint32_t) __builtin_ctzll(bits);
 				bits &= bits - 1;
 				if (x == r->node)
 					continue;
@@ -424,8 +428,8 @@ static void serve(struct coh_node *n, struct page *pg, struct dir *d,
 					act_access(n, pg, COH_INVALID);
 					continue;
 				}
-				act_send(n, pg, COH_M_INVALIDATE, COH_INVALID, x,
-				         0, 0, false);
+				act_send(n, pg, COH_M_INVALIDATE, COH_INVALID,
+				         x, 0, 0, false);
 				d->acks++;
 			}
 		}
@@ -537,15 +541,14 @@ int coh_init(struct coh_node **out, const struct coh_config *cfg)
 	if (!out || !cfg || !cfg->act || cfg->max_nodes == 0 ||
 	    cfg->max_nodes > (1u << 24) || cfg->self >= cfg->max_nodes ||
 	    cfg->max_pages == 0 || cfg->max_pages > (1u << 28) ||
-	    cfg->max_home_pages > cfg->max_pages ||
-	    cfg->max_outstanding == 0)
+	    cfg->max_home_pages > cfg->max_pages || cfg->max_outstanding == 0)
 		return -EINVAL;
 	nq = cfg->max_queued;
 	if (nq == 0) {
-		uint64_t q = (uint64_t)cfg->max_nodes * cfg->max_outstanding;
+		uint64_t q = (uint64_t) cfg->max_nodes * cfg->max_outstanding;
 		if (q > (1u << 28))
 			return -EINVAL;
-		nq = (uint32_t)q;
+		nq = (uint32_t) q;
 	}
 	while (hsize < 2 * cfg->max_pages)
 		hsize <<= 1;
@@ -558,12 +561,13 @@ int coh_init(struct coh_node **out, const struct coh_config *cfg)
 	n->words = (cfg->max_nodes + 63) / 64;
 	n->hmask = hsize - 1;
 	n->pages = calloc(cfg->max_pages, sizeof *n->pages);
-	n->hash = malloc((size_t)hsize * sizeof *n->hash);
+	n->hash = malloc((size_t) hsize * sizeof *n->hash);
 	n->dirs = calloc(cfg->max_home_pages ? cfg->max_home_pages : 1,
 	                 sizeof *n->dirs);
-	n->bits = calloc((size_t)(cfg->max_home_pages ? cfg->max_home_pages
-	                                              : 1) * n->words,
-	                 sizeof *n->bits);
+	n->bits = calloc(
+	        (size_t) (cfg->max_home_pages ? cfg->max_home_pages : 1) *
+	                n->words,
+	        sizeof *n->bits);
 	n->q = calloc(nq, sizeof *n->q);
 	n->dead = calloc(n->words, sizeof *n->dead);
 	if (!n->pages || !n->hash || !n->dirs || !n->bits || !n->q ||
@@ -571,7 +575,7 @@ int coh_init(struct coh_node **out, const struct coh_config *cfg)
 		coh_free(n);
 		return -ENOMEM;
 	}
-	memset(n->hash, 0xff, (size_t)hsize * sizeof *n->hash);
+	memset(n->hash, 0xff, (size_t) hsize * sizeof *n->hash);
 	for (uint32_t i = 0; i < cfg->max_pages; i++)
 		n->pages[i].next = i + 1 < cfg->max_pages ? i + 1 : NIL;
 	n->page_free = 0;
@@ -611,23 +615,29 @@ int coh_page_add(struct coh_node *n, struct coh_page_id id, uint32_t home,
 	s = slot_of(n, id);
 	if (n->hash[s] != NIL)
 		return -EEXIST;
-	if (n->page_free == NIL ||
-	    (home == n->cfg.self && n->dir_free == NIL))
+	if (n->page_free == NIL || (home == n->cfg.self && n->dir_free == NIL))
 		return -ENOSPC;
 
 	i = n->page_free;
 	pg = &n->pages[i];
 	n->page_free = pg->next;
-	*pg = (struct page){ .id = id, .cookie = cookie, .home = home,
-		             .dir = NIL, .next = NIL, .used = 1 };
+	*pg = (struct page){.id = id,
+	                    .cookie = cookie,
+	                    .home = home,
+	                    .dir = NIL,
+	                    .next = NIL,
+	                    .used = 1};
 	if (home == n->cfg.self) {
 		uint32_t di = n->dir_free;
 		struct dir *d = &n->dirs[di];
 
 		n->dir_free = d->next;
-		*d = (struct dir){ .page = i, .owner = NIL, .qhead = NIL,
-			           .qtail = NIL, .next = NIL,
-			           .state = COH_UNCACHED };
+		*d = (struct dir){.page = i,
+		                  .owner = NIL,
+		                  .qhead = NIL,
+		                  .qtail = NIL,
+		                  .next = NIL,
+		                  .state = COH_UNCACHED};
 		memset(cs_of(n, d), 0, n->words * sizeof(uint64_t));
 		pg->dir = di;
 	}
@@ -696,18 +706,18 @@ int coh_acquire(struct coh_node *n, struct coh_page_id id, enum coh_mode mode)
 		return -ENOBUFS;
 
 	n->in_call = true;
-	pg->pending = (uint8_t)mode;
+	pg->pending = (uint8_t) mode;
 	pg->seq++;
 	n->outstanding++;
 	n->st.requests++;
-	r = (struct req){ .node = n->cfg.self, .seq = pg->seq,
-		          .mode = (uint8_t)mode };
+	r = (struct req){
+	        .node = n->cfg.self, .seq = pg->seq, .mode = (uint8_t) mode};
 	if (d)
 		dir_request(n, pg, d, &r);
 	else
-		act_send(n, pg, mode == COH_READ ? COH_M_READ_REQ
-		                                 : COH_M_WRITE_REQ,
-		         (uint8_t)mode, pg->home, pg->seq, 0, false);
+		act_send(n, pg,
+		         mode == COH_READ ? COH_M_READ_REQ : COH_M_WRITE_REQ,
+		         (uint8_t) mode, pg->home, pg->seq, 0, false);
 	page_check(n, pg);
 	n->in_call = false;
 	return 1;
@@ -776,9 +786,9 @@ static bool needs_payload(uint8_t type)
 static int check_header(const struct coh_node *n, const struct coh_msg *m)
 {
 	if (m->type < COH_M_READ_REQ || m->type >= COH_M__COUNT ||
-	    m->mode > COH_WRITE || (m->flags & ~COH_F_PAYLOAD) ||
-	    m->pad0 || m->pad1 || m->src >= n->cfg.max_nodes ||
-	    m->src == n->cfg.self || m->dst != n->cfg.self)
+	    m->mode > COH_WRITE || (m->flags & ~COH_F_PAYLOAD) || m->pad0 ||
+	    m->pad1 || m->src >= n->cfg.max_nodes || m->src == n->cfg.self ||
+	    m->dst != n->cfg.self)
 		return -EBADMSG;
 	if (!!(m->flags & COH_F_PAYLOAD) != needs_payload(m->type))
 		return -EBADMSG;
@@ -801,20 +811,28 @@ static int check_header(const struct coh_node *n, const struct coh_msg *m)
 	}
 }
 
+/* Answers m about a page this node does not track (or is not home of)
+ * with `type`: a stand-in page record carries the id (cookie 0). */
+static void reply_untracked(struct coh_node *n, const struct coh_msg *m,
+                            uint8_t type, int32_t err)
+{
+	struct page tmp = {.id = {m->oid, m->pgno}, .home = NIL};
+
+	act_send(n, &tmp, type, COH_INVALID, m->src, m->seq, err, false);
+}
+
 /* READ_REQ / WRITE_REQ at the home. */
 static int recv_request(struct coh_node *n, struct page *pg,
                         const struct coh_msg *m)
 {
-	struct req r = { .node = m->src, .seq = m->seq, .mode = m->mode };
+	struct req r = {.node = m->src, .seq = m->seq, .mode = m->mode};
 	struct dir *d = pg ? dir_of(n, pg) : NULL;
 
-	if (!pg || !d) {
+	if (!d) {
 		/* Not a page homed here: refuse, so the requester does not
-		 * wait forever. NACK needs a page record for its id. */
-		struct page tmp = { .id = { m->oid, m->pgno }, .home = NIL };
+		 * wait forever. */
 		n->st.nacks++;
-		act_send(n, &tmp, COH_M_NACK, COH_INVALID, m->src, m->seq,
-		         pg ? -EREMOTE : -ENOENT, false);
+		reply_untracked(n, m, COH_M_NACK, pg ? -EREMOTE : -ENOENT);
 		return 0;
 	}
 	if (d->busy != B_NONE && n->q_free == NIL) {
@@ -863,8 +881,8 @@ static int recv_at_home(struct coh_node *n, struct page *pg, struct dir *d,
 		return 0;
 	case COH_M_FETCH_REPLY:
 		if (d->busy != B_FETCH || d->owner != x ||
-		    m->mode != (d->cur.mode == COH_READ ? COH_READ
-		                                        : COH_INVALID))
+		    m->mode !=
+		            (d->cur.mode == COH_READ ? COH_READ : COH_INVALID))
 			return -EPROTO;
 		act_install(n, pg);
 		finish_fetch(n, pg, d, m->mode == COH_READ);
@@ -952,7 +970,7 @@ int coh_recv(struct coh_node *n, const struct coh_msg *m)
 		n->st.ignored_dead++; /* C3 */
 		return 0;
 	}
-	pg = lookup(n, (struct coh_page_id){ m->oid, m->pgno });
+	pg = lookup(n, (struct coh_page_id){m->oid, m->pgno});
 
 	n->in_call = true;
 	n->st.msgs_in++;
@@ -973,7 +991,15 @@ int coh_recv(struct coh_node *n, const struct coh_msg *m)
 			rc = recv_at_home(n, pg, dir_of(n, pg), m);
 		break;
 	default:
-		if (!pg)
+		if (!pg && m->type == COH_M_INVALIDATE) {
+			/* Evicted, then removed (coh_page_remove) while the
+			 * INVALIDATE crossed our EVICT: no copy here (R3). */
+			reply_untracked(n, m, COH_M_INV_ACK, 0);
+			rc = 0;
+		} else if (!pg && m->type == COH_M_FETCH) {
+			n->st.fetch_crossed++; /* likewise, after a WRITEBACK */
+			rc = 0;
+		} else if (!pg)
 			rc = -ENOENT;
 		else if (pg->home != m->src)
 			rc = -EPROTO;
@@ -987,7 +1013,8 @@ int coh_recv(struct coh_node *n, const struct coh_msg *m)
 	return rc;
 }
 
-/* ---- crashes -------------------------------------------------------------- */
+/* ---- crashes --------------------------------------------------------------
+ */
 
 /* Forgets dead node x in the directory of pg (C1). */
 static void dir_peer_down(struct coh_node *n, struct page *pg, struct dir *d,
@@ -1063,7 +1090,8 @@ int coh_peer_down(struct coh_node *n, uint32_t dead)
 	return 0;
 }
 
-/* ---- queries -------------------------------------------------------------- */
+/* ---- queries --------------------------------------------------------------
+ */
 
 int coh_page_info(const struct coh_node *n, struct coh_page_id id,
                   struct coh_page_info *out)
@@ -1073,10 +1101,10 @@ int coh_page_info(const struct coh_node *n, struct coh_page_id id,
 
 	if (!pg)
 		return -ENOENT;
-	*out = (struct coh_page_info){ .home = pg->home,
-		                       .local = pg->local,
-		                       .pending = pg->pending,
-		                       .owner = COH_NONE };
+	*out = (struct coh_page_info){.home = pg->home,
+	                              .local = pg->local,
+	                              .pending = pg->pending,
+	                              .owner = COH_NONE};
 	if (pg->dir == NIL)
 		return 0;
 	d = &n->dirs[pg->dir];
@@ -1117,12 +1145,17 @@ bool coh_peer_is_down(const struct coh_node *n, uint32_t node)
 const char *coh_msg_name(unsigned type)
 {
 	static const char *const names[] = {
-		[COH_M_READ_REQ] = "READ_REQ",     [COH_M_WRITE_REQ] = "WRITE_REQ",
-		[COH_M_EVICT] = "EVICT",           [COH_M_WRITEBACK] = "WRITEBACK",
-		[COH_M_INV_ACK] = "INV_ACK",       [COH_M_FETCH_REPLY] = "FETCH_REPLY",
-		[COH_M_DATA] = "DATA",             [COH_M_GRANT] = "GRANT",
-		[COH_M_INVALIDATE] = "INVALIDATE", [COH_M_FETCH] = "FETCH",
-		[COH_M_NACK] = "NACK",
+	        [COH_M_READ_REQ] = "READ_REQ",
+	        [COH_M_WRITE_REQ] = "WRITE_REQ",
+	        [COH_M_EVICT] = "EVICT",
+	        [COH_M_WRITEBACK] = "WRITEBACK",
+	        [COH_M_INV_ACK] = "INV_ACK",
+	        [COH_M_FETCH_REPLY] = "FETCH_REPLY",
+	        [COH_M_DATA] = "DATA",
+	        [COH_M_GRANT] = "GRANT",
+	        [COH_M_INVALIDATE] = "INVALIDATE",
+	        [COH_M_FETCH] = "FETCH",
+	        [COH_M_NACK] = "NACK",
 	};
 
 	return type < COH_M__COUNT && names[type] ? names[type] : "?";
@@ -1130,7 +1163,7 @@ const char *coh_msg_name(unsigned type)
 
 const char *coh_mode_name(unsigned mode)
 {
-	static const char *const names[] = { "INVALID", "READ", "WRITE" };
+	static const char *const names[] = {"INVALID", "READ", "WRITE"};
 
 	return mode <= COH_WRITE ? names[mode] : "?";
 }

@@ -36,8 +36,8 @@ enum coh_mode {
 /* Directory state of a page at its home. */
 enum coh_dir_state {
 	COH_UNCACHED = 0,  /* nobody holds it; the home frame is current */
-	COH_SHARED = 1,    /* the copyset holds READ copies = the home frame */
-	COH_EXCLUSIVE = 2, /* the owner holds it WRITE; the home frame is stale */
+	COH_SHARED = 1,    /* the copyset's READ copies = the home frame */
+	COH_EXCLUSIVE = 2, /* the owner holds it WRITE; home frame stale */
 };
 
 enum coh_msg_type {
@@ -109,7 +109,8 @@ struct coh_action {
 	enum coh_mode mode; /* ACCESS: new local state; DONE: mode asked */
 	int err;            /* DONE */
 	bool at_home;       /* this node is the page's home */
-	uint64_t cookie;    /* the driver's cookie given to coh_page_add */
+	uint64_t cookie;    /* the driver's cookie given to coh_page_add;
+	                     * 0 on the NACK of a page not tracked here */
 	struct coh_page_id page;
 	struct coh_msg msg; /* SEND */
 };
@@ -153,10 +154,10 @@ struct coh_page_info {
 	enum coh_mode pending; /* COH_INVALID: no request in flight */
 	bool is_home;          /* the fields below are valid only at the home */
 	enum coh_dir_state state;
-	uint32_t owner;        /* COH_NONE unless EXCLUSIVE */
-	uint32_t sharers;      /* copyset size */
-	bool busy;             /* a request is being served (transient) */
-	uint32_t queued;       /* requests waiting behind it */
+	uint32_t owner;   /* COH_NONE unless EXCLUSIVE */
+	uint32_t sharers; /* copyset size */
+	bool busy;        /* a request is being served (transient) */
+	uint32_t queued;  /* requests waiting behind it */
 };
 
 struct coh_node;

@@ -76,10 +76,10 @@ struct pchk {
 
 struct snode {
 	struct coh_node *m;
-	uint64_t *frame;  /* per page */
-	uint8_t *mirror;  /* per page: the access the driver set up */
-	uint8_t *op;      /* per page: the operation waiting for DONE */
-	uint32_t held;    /* non-home pages held (frames in use) */
+	uint64_t *frame; /* per page */
+	uint8_t *mirror; /* per page: the access the driver set up */
+	uint8_t *op;     /* per page: the operation waiting for DONE */
+	uint32_t held;   /* non-home pages held (frames in use) */
 	uint32_t npending;
 };
 
@@ -155,7 +155,7 @@ static uint64_t rnd(struct sim *s)
 
 static uint32_t rndn(struct sim *s, uint32_t n)
 {
-	return (uint32_t)(((rnd(s) >> 32) * n) >> 32);
+	return (uint32_t) (((rnd(s) >> 32) * n) >> 32);
 }
 
 /* ---- reporting ---------------------------------------------------------- */
@@ -163,7 +163,8 @@ static uint32_t rndn(struct sim *s, uint32_t n)
 static void replay_line(FILE *f, const struct opts *o, uint64_t seed)
 {
 	fprintf(f,
-	        "replay: %s --seed %" PRIu64 " --nodes %u --pages %u --steps %" PRIu64
+	        "replay: %s --seed %" PRIu64
+	        " --nodes %u --pages %u --steps %" PRIu64
 	        " --frames %u --outstanding %u --writes %u --crashes %g",
 	        g_argv0, seed, o->nodes, o->pages, o->steps, o->frames,
 	        o->outstanding, o->write_pct, o->crashes);
@@ -180,9 +181,10 @@ static void replay_line(FILE *f, const struct opts *o, uint64_t seed)
 
 static void on_abort(int sig)
 {
-	(void)sig;
+	(void) sig;
 	if (g_sim) {
-		fprintf(stderr, "ABORT (assert in the protocol) at step %" PRIu64 "\n",
+		fprintf(stderr,
+		        "ABORT (assert in the protocol) at step %" PRIu64 "\n",
 		        g_sim->step);
 		replay_line(stderr, g_sim->o, g_sim->o->seed);
 	}
@@ -201,14 +203,14 @@ fail(struct sim *s, const char *tag, const char *fmt, ...)
 	s->tag = tag;
 	k = snprintf(s->why, sizeof s->why, "%s: ", tag);
 	va_start(ap, fmt);
-	vsnprintf(s->why + k, sizeof s->why - (size_t)k, fmt, ap);
+	vsnprintf(s->why + k, sizeof s->why - (size_t) k, fmt, ap);
 	va_end(ap);
 	if (s->tracing)
 		printf("  !! %s\n", s->why);
 }
 
-__attribute__((format(printf, 2, 3))) static void
-trace(struct sim *s, const char *fmt, ...)
+__attribute__((format(printf, 2, 3))) static void trace(struct sim *s,
+                                                        const char *fmt, ...)
 {
 	va_list ap;
 
@@ -224,24 +226,24 @@ trace(struct sim *s, const char *fmt, ...)
 static struct coh_page_id page_id(uint32_t p)
 {
 	/* several objects of four pages: exercises the (oid, pgno) lookup */
-	return (struct coh_page_id){ .oid = 1000 + p / 4, .pgno = p % 4 };
+	return (struct coh_page_id){.oid = 1000 + p / 4, .pgno = p % 4};
 }
 
 /* A written value names its page, its writer and the writer's counter on
  * that page, so a misplaced or stale value is recognised. */
 static uint64_t mkval(uint32_t p, uint32_t w, uint32_t ctr)
 {
-	return (uint64_t)p << 48 | (uint64_t)((w + 1) & 0xffff) << 32 | ctr;
+	return (uint64_t) p << 48 | (uint64_t) ((w + 1) & 0xffff) << 32 | ctr;
 }
 
 static uint32_t val_page(uint64_t v)
 {
-	return (uint32_t)(v >> 48);
+	return (uint32_t) (v >> 48);
 }
 
 static uint32_t val_writer(uint64_t v)
 {
-	return (uint32_t)((v >> 32) & 0xffff) - 1; /* 0 -> NONE */
+	return (uint32_t) ((v >> 32) & 0xffff) - 1; /* 0 -> NONE */
 }
 
 static struct run *run_at(struct pchk *c, uint32_t i)
@@ -253,10 +255,9 @@ static struct run *run_at(struct pchk *c, uint32_t i)
  * was written earlier, every later write was made by a node now dead, and
  * none of them was read by a node other than its writer (I2 across
  * crashes). With `commit`, the lost writes leave the history. */
-static bool rollback_ok(struct sim *s, struct pchk *c, uint64_t v,
-                        bool commit)
+static bool rollback_ok(struct sim *s, struct pchk *c, uint64_t v, bool commit)
 {
-	uint32_t vw = val_writer(v), vc = (uint32_t)v;
+	uint32_t vw = val_writer(v), vc = (uint32_t) v;
 
 	for (uint32_t i = c->n; i-- > 0;) {
 		struct run *r = run_at(c, i);
@@ -284,7 +285,8 @@ static bool acceptable(struct sim *s, uint32_t p, uint64_t v)
 {
 	struct pchk *c = &s->pc[p];
 
-	return val_page(v) == p && (v == c->truth || rollback_ok(s, c, v, false));
+	return val_page(v) == p &&
+	       (v == c->truth || rollback_ok(s, c, v, false));
 }
 
 /* I2: node r read v from page p. */
@@ -294,15 +296,18 @@ static void check_read(struct sim *s, uint32_t p, uint32_t r, uint64_t v)
 	struct run *last;
 
 	if (val_page(v) != p) {
-		fail(s, "I2", "node %u read page %u and got %#" PRIx64
-		     " (%s)", r, p, v, v == POISON ? "a discarded frame"
-		                                   : "another page's value");
+		fail(s, "I2", "node %u read page %u and got %#" PRIx64 " (%s)",
+		     r, p, v,
+		     v == POISON ? "a discarded frame"
+		                 : "another page's value");
 		return;
 	}
 	if (v != c->truth && !rollback_ok(s, c, v, true)) {
-		fail(s, "I2", "node %u read page %u = w%d#%u, but the last "
-		     "write is w%d#%u%s", r, p, (int)val_writer(v), (uint32_t)v,
-		     (int)val_writer(c->truth), (uint32_t)c->truth,
+		fail(s, "I2",
+		     "node %u read page %u = w%d#%u, but the last "
+		     "write is w%d#%u%s",
+		     r, p, (int) val_writer(v), (uint32_t) v,
+		     (int) val_writer(c->truth), (uint32_t) c->truth,
 		     c->overflow ? " (checker history overflowed)" : "");
 		return;
 	}
@@ -333,7 +338,7 @@ static void record_write(struct sim *s, uint32_t p, uint32_t w, uint32_t ctr,
 		c->n--;
 		c->overflow = true;
 	}
-	*run_at(c, c->n++) = (struct run){ .writer = w, .lo = ctr, .hi = ctr };
+	*run_at(c, c->n++) = (struct run){.writer = w, .lo = ctr, .hi = ctr};
 }
 
 /* ---- channels ----------------------------------------------------------- */
@@ -476,8 +481,8 @@ static void drv_send(struct sim *s, uint32_t n, uint32_t p,
 	uint64_t payload = 0;
 	uint32_t i;
 
-	if (m->src != n || m->dst >= s->N || m->dst == n ||
-	    m->oid != id.oid || m->pgno != id.pgno) {
+	if (m->src != n || m->dst >= s->N || m->dst == n || m->oid != id.oid ||
+	    m->pgno != id.pgno) {
 		fail(s, "DRIVER", "node %u sent a malformed %s", n,
 		     coh_msg_name(m->type));
 		return;
@@ -494,7 +499,8 @@ static void drv_send(struct sim *s, uint32_t n, uint32_t p,
 	      coh_msg_name(m->type), coh_mode_name(m->mode), p, m->seq,
 	      m->err ? " err" : "");
 	if (m->flags & COH_F_PAYLOAD)
-		trace(s, " [w%d#%u]", (int)val_writer(payload), (uint32_t)payload);
+		trace(s, " [w%d#%u]", (int) val_writer(payload),
+		      (uint32_t) payload);
 	if (s->o->inject == INJ_LOSE_ACK && m->type == COH_M_INV_ACK &&
 	    rndn(s, 16) == 0) {
 		trace(s, " (injected loss)\n");
@@ -520,7 +526,8 @@ static void drv_access(struct sim *s, uint32_t n, uint32_t p, unsigned mode,
 
 	trace(s, "    %u: access p%u %s\n", n, p, coh_mode_name(mode));
 	if (at_home != (s->home[p] == n)) {
-		fail(s, "DRIVER", "action on p%u at node %u: wrong at_home", p, n);
+		fail(s, "DRIVER", "action on p%u at node %u: wrong at_home", p,
+		     n);
 		return;
 	}
 	if (s->o->inject == INJ_KEEP_READ && old == COH_READ &&
@@ -540,9 +547,10 @@ static void drv_access(struct sim *s, uint32_t n, uint32_t p, unsigned mode,
 	if (!at_home) {
 		nd->held += (mode != COH_INVALID) - (old != COH_INVALID);
 		if (mode == COH_INVALID)
-			nd->frame[p] = POISON; /* the frame went back to the pool */
+			nd->frame[p] =
+			        POISON; /* the frame went back to the pool */
 	}
-	nd->mirror[p] = (uint8_t)mode;
+	nd->mirror[p] = (uint8_t) mode;
 	mark_dirty(s, p);
 }
 
@@ -561,10 +569,10 @@ static void perform(struct sim *s, uint32_t n, uint32_t p, unsigned op)
 	if (op == OP_READ) {
 		s->st.reads++;
 		trace(s, "    %u: read p%u = w%d#%u\n", n, p,
-		      (int)val_writer(nd->frame[p]), (uint32_t)nd->frame[p]);
+		      (int) val_writer(nd->frame[p]), (uint32_t) nd->frame[p]);
 		check_read(s, p, n, nd->frame[p]);
 	} else {
-		uint32_t c = ++s->ctr[(size_t)n * s->P + p];
+		uint32_t c = ++s->ctr[(size_t) n * s->P + p];
 		uint64_t v = mkval(p, n, c);
 
 		s->st.writes++;
@@ -582,8 +590,7 @@ static void drv_done(struct sim *s, uint32_t n, uint32_t p, unsigned mode,
 
 	trace(s, "    %u: done p%u %s %s\n", n, p, coh_mode_name(mode),
 	      err ? strerror(-err) : "ok");
-	if (op == OP_NONE ||
-	    mode != (op == OP_WRITE ? COH_WRITE : COH_READ)) {
+	if (op == OP_NONE || mode != (op == OP_WRITE ? COH_WRITE : COH_READ)) {
 		fail(s, "DRIVER", "node %u: DONE %s on p%u it did not ask for",
 		     n, coh_mode_name(mode), p);
 		return;
@@ -598,8 +605,10 @@ static void drv_done(struct sim *s, uint32_t n, uint32_t p, unsigned mode,
 	} else if (err == -EHOSTDOWN) {
 		s->st.hostdown++;
 		if (s->alive[s->home[p]])
-			fail(s, "I3", "node %u: p%u failed EHOSTDOWN but its home "
-			     "%u is alive", n, p, s->home[p]);
+			fail(s, "I3",
+			     "node %u: p%u failed EHOSTDOWN but its home "
+			     "%u is alive",
+			     n, p, s->home[p]);
 	} else {
 		fail(s, "I3", "node %u: request on p%u failed: %s", n, p,
 		     strerror(-err));
@@ -610,7 +619,7 @@ static void on_action(void *ctx, const struct coh_action *a)
 {
 	struct actx *c = ctx;
 	struct sim *s = c->s;
-	uint32_t n = c->node, p = (uint32_t)a->cookie;
+	uint32_t n = c->node, p = (uint32_t) a->cookie;
 
 	if (a->cookie >= s->P) {
 		fail(s, "DRIVER", "node %u: action with a bad cookie", n);
@@ -622,9 +631,11 @@ static void on_action(void *ctx, const struct coh_action *a)
 		break;
 	case COH_ACT_INSTALL:
 		trace(s, "    %u: install p%u [w%d#%u]\n", n, p,
-		      (int)val_writer(s->cur_payload), (uint32_t)s->cur_payload);
+		      (int) val_writer(s->cur_payload),
+		      (uint32_t) s->cur_payload);
 		if (!s->cur_active || s->cur_dst != n || !s->cur_has_payload) {
-			fail(s, "DRIVER", "node %u: INSTALL without a payload", n);
+			fail(s, "DRIVER", "node %u: INSTALL without a payload",
+			     n);
 			return;
 		}
 		s->nd[n].frame[p] = s->cur_payload;
@@ -652,16 +663,18 @@ static void deliver(struct sim *s)
 	msg_free(s, i);
 	s->st.delivered++;
 	if (sm.down) {
-		trace(s, "[%" PRIu64 "] %u learns %u is down\n", s->step, dst, src);
+		trace(s, "[%" PRIu64 "] %u learns %u is down\n", s->step, dst,
+		      src);
 		rc = coh_peer_down(s->nd[dst].m, src);
 		if (rc)
-			fail(s, "PROTO", "coh_peer_down(%u, %u) = %d", dst, src, rc);
+			fail(s, "PROTO", "coh_peer_down(%u, %u) = %d", dst, src,
+			     rc);
 		return;
 	}
 	trace(s, "[%" PRIu64 "] deliver %u->%u %s %s p%" PRIu64 " seq %u\n",
 	      s->step, src, dst, coh_msg_name(sm.m.type),
-	      coh_mode_name(sm.m.mode),
-	      (sm.m.oid - 1000) * 4 + sm.m.pgno, sm.m.seq);
+	      coh_mode_name(sm.m.mode), (sm.m.oid - 1000) * 4 + sm.m.pgno,
+	      sm.m.seq);
 	s->cur_active = true;
 	s->cur_dst = dst;
 	s->cur_type = sm.m.type;
@@ -687,7 +700,8 @@ static void do_evict(struct sim *s, uint32_t n, uint32_t p, bool forced)
 	      coh_mode_name(s->nd[n].mirror[p]), forced ? " to make room" : "");
 	rc = coh_evict(s->nd[n].m, page_id(p));
 	if (rc)
-		fail(s, "PROTO", "coh_evict(%u, p%u) = %s", n, p, strerror(-rc));
+		fail(s, "PROTO", "coh_evict(%u, p%u) = %s", n, p,
+		     strerror(-rc));
 	s->st.evictions++;
 	s->st.forced_evictions += forced;
 }
@@ -737,7 +751,9 @@ static void issue(struct sim *s)
 	}
 	if (p == NIL)
 		p = rndn(s, s->P);
-	if (nd->op[p] != OP_NONE)
+	/* Another thread of the node may use what it holds while a request
+	 * is under way (a read during an upgrade); nothing else. */
+	if (nd->op[p] != OP_NONE && nd->mirror[p] < need)
 		return;
 	if (zombie(s, n, p)) {
 		if (op == OP_READ) { /* it still reads through the mapping */
@@ -751,8 +767,9 @@ static void issue(struct sim *s)
 		      op == OP_WRITE ? "writes" : "reads", p);
 		rc = coh_acquire(nd->m, page_id(p), need);
 		if (rc != 0) {
-			fail(s, "DRIVER", "node %u holds p%u %s but acquire = %d",
-			     n, p, coh_mode_name(nd->mirror[p]), rc);
+			fail(s, "DRIVER",
+			     "node %u holds p%u %s but acquire = %d", n, p,
+			     coh_mode_name(nd->mirror[p]), rc);
 			return;
 		}
 		s->st.hits++;
@@ -771,7 +788,7 @@ static void issue(struct sim *s)
 	trace(s, "[%" PRIu64 "] %u %s p%u (%s): request\n", s->step, n,
 	      op == OP_WRITE ? "writes" : "reads", p,
 	      coh_mode_name(nd->mirror[p]));
-	nd->op[p] = (uint8_t)op;
+	nd->op[p] = (uint8_t) op;
 	nd->npending++;
 	s->pending_total++;
 	rc = coh_acquire(nd->m, page_id(p), need);
@@ -843,8 +860,8 @@ static void check_i1(struct sim *s)
 		uint32_t p = s->dirty[k];
 		s->is_dirty[p] = false;
 		if (s->writers[p] > 1 || (s->writers[p] == 1 && s->readers[p]))
-			fail(s, "I1", "page %u has %u writers and %u readers", p,
-			     s->writers[p], s->readers[p]);
+			fail(s, "I1", "page %u has %u writers and %u readers",
+			     p, s->writers[p], s->readers[p]);
 	}
 	s->ndirty = 0;
 }
@@ -857,14 +874,16 @@ static void check_quiet(struct sim *s)
 		for (uint32_t n = 0; n < s->N; n++)
 			for (uint32_t p = 0; s->alive[n] && p < s->P; p++)
 				if (s->nd[n].op[p] != OP_NONE) {
-					fail(s, "I3", "network quiet but node %u "
-					     "still waits for p%u", n, p);
+					fail(s, "I3",
+					     "network quiet but node %u "
+					     "still waits for p%u",
+					     n, p);
 					return;
 				}
 	}
 	for (uint32_t p = 0; p < s->P && !s->failed; p++) {
 		struct coh_page_id id = page_id(p);
-		struct coh_page_info hi = { 0 }, li;
+		struct coh_page_info hi = {0}, li;
 		uint32_t h = s->home[p], nr = 0, nw = 0, w = NONE;
 		bool have = false;
 		uint64_t val = 0;
@@ -872,8 +891,10 @@ static void check_quiet(struct sim *s)
 		if (s->alive[h]) {
 			coh_page_info(s->nd[h].m, id, &hi);
 			if (hi.busy || hi.queued)
-				fail(s, "I4", "network quiet but p%u is busy at "
-				     "its home %u (%u queued)", p, h, hi.queued);
+				fail(s, "I4",
+				     "network quiet but p%u is busy at "
+				     "its home %u (%u queued)",
+				     p, h, hi.queued);
 			if (hi.state != COH_EXCLUSIVE) {
 				val = s->nd[h].frame[p];
 				have = true;
@@ -885,16 +906,19 @@ static void check_quiet(struct sim *s)
 				continue;
 			coh_page_info(s->nd[x].m, id, &li);
 			if (li.local != st || li.pending != COH_INVALID)
-				fail(s, "I4", "node %u: p%u is %s (pending %s) in "
-				     "the machine but %s in the driver", x, p,
-				     coh_mode_name(li.local),
+				fail(s, "I4",
+				     "node %u: p%u is %s (pending %s) in "
+				     "the machine but %s in the driver",
+				     x, p, coh_mode_name(li.local),
 				     coh_mode_name(li.pending),
 				     coh_mode_name(st));
 			if (st == COH_READ) {
 				nr++;
 				if (have && s->nd[x].frame[p] != val)
-					fail(s, "I4", "p%u: node %u's copy differs "
-					     "from the home copy", p, x);
+					fail(s, "I4",
+					     "p%u: node %u's copy differs "
+					     "from the home copy",
+					     p, x);
 				val = s->nd[x].frame[p];
 				have = true;
 			} else if (st == COH_WRITE) {
@@ -917,12 +941,14 @@ static void check_quiet(struct sim *s)
 				                           : st == COH_INVALID);
 			}
 			if (!ok)
-				fail(s, "I4", "p%u: home %u says %s (owner %d, %s in "
-				     "copyset) but node %u holds it %s", p, h,
+				fail(s, "I4",
+				     "p%u: home %u says %s (owner %d, %s in "
+				     "copyset) but node %u holds it %s",
+				     p, h,
 				     hi.state == COH_UNCACHED ? "UNCACHED"
 				     : hi.state == COH_SHARED ? "SHARED"
 				                              : "EXCLUSIVE",
-				     (int)hi.owner, in ? "" : "not", x,
+				     (int) hi.owner, in ? "" : "not", x,
 				     coh_mode_name(st));
 		}
 		if (s->failed)
@@ -932,14 +958,19 @@ static void check_quiet(struct sim *s)
 		if (s->alive[h] && hi.state == COH_SHARED && hi.sharers != nr)
 			fail(s, "I4", "p%u: copyset of %u, %u readers", p,
 			     hi.sharers, nr);
-		if (s->alive[h] && hi.state == COH_EXCLUSIVE && !s->alive[hi.owner])
-			fail(s, "I4", "p%u: owned by dead node %u", p, hi.owner);
+		if (s->alive[h] && hi.state == COH_EXCLUSIVE &&
+		    !s->alive[hi.owner])
+			fail(s, "I4", "p%u: owned by dead node %u", p,
+			     hi.owner);
 		if (nw)
 			val = s->nd[w].frame[p], have = true;
 		if (have && !acceptable(s, p, val))
-			fail(s, "I4", "p%u: copies hold w%d#%u, latest write is "
-			     "w%d#%u", p, (int)val_writer(val), (uint32_t)val,
-			     (int)val_writer(s->pc[p].truth), (uint32_t)s->pc[p].truth);
+			fail(s, "I4",
+			     "p%u: copies hold w%d#%u, latest write is "
+			     "w%d#%u",
+			     p, (int) val_writer(val), (uint32_t) val,
+			     (int) val_writer(s->pc[p].truth),
+			     (uint32_t) s->pc[p].truth);
 		if (nr != s->readers[p] || nw != s->writers[p])
 			fail(s, "SIM", "p%u: reader/writer counts drifted", p);
 	}
@@ -988,7 +1019,7 @@ static void sim_free(struct sim *s)
 static void sim_init(struct sim *s, const struct opts *o, uint64_t seed)
 {
 	uint32_t N = o->nodes, P = o->pages;
-	size_t NN = (size_t)N * N;
+	size_t NN = (size_t) N * N;
 	uint32_t *nhome;
 	uint64_t sm = seed;
 
@@ -1003,7 +1034,7 @@ static void sim_init(struct sim *s, const struct opts *o, uint64_t seed)
 	s->alive = xcalloc(N, sizeof *s->alive);
 	s->alive_ids = xcalloc(N, sizeof *s->alive_ids);
 	s->home = xcalloc(P, sizeof *s->home);
-	s->ctr = xcalloc((size_t)N * P, sizeof *s->ctr);
+	s->ctr = xcalloc((size_t) N * P, sizeof *s->ctr);
 	s->ch_head = xcalloc(NN, sizeof *s->ch_head);
 	s->ch_tail = xcalloc(NN, sizeof *s->ch_tail);
 	s->ch_len = xcalloc(NN, sizeof *s->ch_len);
@@ -1026,29 +1057,31 @@ static void sim_init(struct sim *s, const struct opts *o, uint64_t seed)
 		s->pc[p].truth = mkval(p, NONE, 0);
 		s->pc[p].prev = s->pc[p].truth;
 		s->pc[p].n = 1;
-		s->pc[p].ring[0] = (struct run){ .writer = NONE,
-			                         .observed = true };
+		s->pc[p].ring[0] =
+		        (struct run){.writer = NONE, .observed = true};
 	}
 	for (uint32_t n = 0; n < N; n++) {
 		struct snode *nd = &s->nd[n];
-		uint64_t q = (uint64_t)nhome[n] * N;
+		uint64_t q = (uint64_t) nhome[n] * N;
 		struct coh_config cfg = {
-			.self = n,
-			.max_nodes = N,
-			.max_pages = P,
-			.max_home_pages = nhome[n],
-			.max_outstanding = o->outstanding,
-			/* one request per node and page can wait here */
-			.max_queued = o->queue ? o->queue
-			              : (uint32_t)(q < (uint64_t)N * o->outstanding
-			                                   ? (q ? q : 1)
-			                                   : 0),
-			.act = on_action,
-			.act_ctx = &s->ctx[n],
+		        .self = n,
+		        .max_nodes = N,
+		        .max_pages = P,
+		        .max_home_pages = nhome[n],
+		        .max_outstanding = o->outstanding,
+		        /* one request per node and page can wait here */
+		        .max_queued =
+		                o->queue
+		                        ? o->queue
+		                        : (uint32_t) (q < (uint64_t) N * o->outstanding
+		                                              ? (q ? q : 1)
+		                                              : 0),
+		        .act = on_action,
+		        .act_ctx = &s->ctx[n],
 		};
 		int rc;
 
-		s->ctx[n] = (struct actx){ .s = s, .node = n };
+		s->ctx[n] = (struct actx){.s = s, .node = n};
 		s->alive[n] = true;
 		s->alive_ids[n] = n;
 		nd->frame = xcalloc(P, sizeof *nd->frame);
@@ -1060,10 +1093,12 @@ static void sim_init(struct sim *s, const struct opts *o, uint64_t seed)
 			exit(2);
 		}
 		for (uint32_t p = 0; p < P; p++) {
-			nd->frame[p] = s->home[p] == n ? s->pc[p].truth : POISON;
+			nd->frame[p] =
+			        s->home[p] == n ? s->pc[p].truth : POISON;
 			rc = coh_page_add(nd->m, page_id(p), s->home[p], p);
 			if (rc) {
-				fprintf(stderr, "coh_page_add: %s\n", strerror(-rc));
+				fprintf(stderr, "coh_page_add: %s\n",
+				        strerror(-rc));
 				exit(2);
 			}
 		}
@@ -1096,12 +1131,12 @@ static bool run_one(struct sim *s, const struct opts *o, uint64_t seed)
 
 	sim_init(s, o, seed);
 	g_sim = s;
-	crash_cut = o->steps ? (uint64_t)((o->crashes / (double)o->steps) *
-	                                  18446744073709551615.0)
+	crash_cut = o->steps ? (uint64_t) ((o->crashes / (double) o->steps) *
+	                                   18446744073709551615.0)
 	                     : 0;
-	if (o->crashes / (double)(o->steps ? o->steps : 1) >= 1.0)
+	if (o->crashes / (double) (o->steps ? o->steps : 1) >= 1.0)
 		crash_cut = UINT64_MAX;
-	i4_every = (uint64_t)s->N * s->P / 8;
+	i4_every = (uint64_t) s->N * s->P / 8;
 
 	for (s->step = 0; s->step < o->steps && !s->failed; s->step++) {
 		uint32_t r;
@@ -1138,11 +1173,13 @@ static bool run_one(struct sim *s, const struct opts *o, uint64_t seed)
 		}
 	}
 	/* Drain: no new operations; every request must finish (I3). */
-	limit = 64 * ((uint64_t)s->inflight + (uint64_t)s->N * s->P) + 1000;
+	limit = 64 * ((uint64_t) s->inflight + (uint64_t) s->N * s->P) + 1000;
 	for (uint64_t k = 0; s->nne && !s->failed; k++, s->step++) {
 		if (k > limit) {
-			fail(s, "I3", "network still busy %" PRIu64
-			     " steps into the final drain", limit);
+			fail(s, "I3",
+			     "network still busy %" PRIu64
+			     " steps into the final drain",
+			     limit);
 			break;
 		}
 		deliver(s);
@@ -1155,7 +1192,8 @@ static bool run_one(struct sim *s, const struct opts *o, uint64_t seed)
 	return !s->failed;
 }
 
-/* ---- --selftest: the API's edges and the message counts, by hand ---------- */
+/* ---- --selftest: the API's edges and the message counts, by hand ----------
+ */
 
 #define ST_NODES 5
 #define ST_Q 256
@@ -1180,13 +1218,13 @@ struct st_ctx {
 static struct st_ctx st_ctx[ST_NODES];
 static int st_failures;
 
-#define ST_CHECK(cond)                                                        \
-	do {                                                                  \
-		if (!(cond)) {                                                \
-			printf("selftest: %s:%d: %s\n", __FILE__, __LINE__,   \
-			       #cond);                                        \
-			st_failures++;                                        \
-		}                                                             \
+#define ST_CHECK(cond)                                                         \
+	do {                                                                   \
+		if (!(cond)) {                                                 \
+			printf("selftest: %s:%d: %s\n", __FILE__, __LINE__,    \
+			       #cond);                                         \
+			st_failures++;                                         \
+		}                                                              \
 	} while (0)
 
 static void st_act(void *ctx, const struct coh_action *a)
@@ -1204,7 +1242,8 @@ static void st_act(void *ctx, const struct coh_action *a)
 	}
 	if (net->reenter) {
 		net->reenter = false;
-		net->reenter_rc = coh_acquire(net->m[c->node], a->page, COH_READ);
+		net->reenter_rc =
+		        coh_acquire(net->m[c->node], a->page, COH_READ);
 	}
 }
 
@@ -1214,12 +1253,14 @@ static void st_setup(struct st_net *net, uint32_t nodes, uint32_t pages,
 	memset(net, 0, sizeof *net);
 	net->nodes = nodes;
 	for (uint32_t n = 0; n < nodes; n++) {
-		struct coh_config cfg = { .self = n, .max_nodes = nodes,
-			                  .max_pages = pages,
-			                  .max_home_pages = pages,
-			                  .max_outstanding = outstanding,
-			                  .act = st_act, .act_ctx = &st_ctx[n] };
-		st_ctx[n] = (struct st_ctx){ .net = net, .node = n };
+		struct coh_config cfg = {.self = n,
+		                         .max_nodes = nodes,
+		                         .max_pages = pages,
+		                         .max_home_pages = pages,
+		                         .max_outstanding = outstanding,
+		                         .act = st_act,
+		                         .act_ctx = &st_ctx[n]};
+		st_ctx[n] = (struct st_ctx){.net = net, .node = n};
 		ST_CHECK(coh_init(&net->m[n], &cfg) == 0);
 	}
 }
@@ -1243,7 +1284,7 @@ static unsigned st_pump(struct st_net *net)
 	return k;
 }
 
-static const struct coh_page_id st_pg = { .oid = 7, .pgno = 3 };
+static const struct coh_page_id st_pg = {.oid = 7, .pgno = 3};
 
 /* Adds st_pg homed at node 0 on every node. */
 static void st_add(struct st_net *net)
@@ -1273,11 +1314,11 @@ static void st_counts(void)
 	 * operation"). */
 	st_setup(&net, 5, 4, 4);
 	st_add(&net);
-	ST_CHECK(st_req(&net, 1, COH_READ) == 2);  /* home serves the miss */
+	ST_CHECK(st_req(&net, 1, COH_READ) == 2); /* home serves the miss */
 	ST_CHECK(st_req(&net, 2, COH_READ) == 2);
 	ST_CHECK(st_req(&net, 3, COH_READ) == 2);
 	ST_CHECK(st_req(&net, 4, COH_WRITE) == 2 + 2 * 3); /* 3 sharers */
-	ST_CHECK(st_req(&net, 1, COH_READ) == 4);  /* owner elsewhere */
+	ST_CHECK(st_req(&net, 1, COH_READ) == 4);          /* owner elsewhere */
 	ST_CHECK(st_req(&net, 1, COH_WRITE) == 4); /* upgrade, 1 sharer */
 	ST_CHECK(st_req(&net, 0, COH_READ) == 2);  /* home's own miss */
 	ST_CHECK(st_req(&net, 0, COH_WRITE) == 2); /* home upgrades */
@@ -1305,10 +1346,14 @@ static void st_api(void)
 	struct st_net net;
 	struct coh_node *x;
 	struct coh_page_info in;
-	struct coh_config cfg = { .self = 0, .max_nodes = 2, .max_pages = 1,
-		                  .max_home_pages = 1, .max_outstanding = 1,
-		                  .act = st_act, .act_ctx = &st_ctx[0] };
-	struct coh_page_id other = { .oid = 8, .pgno = 0 };
+	struct coh_config cfg = {.self = 0,
+	                         .max_nodes = 2,
+	                         .max_pages = 1,
+	                         .max_home_pages = 1,
+	                         .max_outstanding = 1,
+	                         .act = st_act,
+	                         .act_ctx = &st_ctx[0]};
+	struct coh_page_id other = {.oid = 8, .pgno = 0};
 	struct coh_msg m;
 
 	/* Configs. */
@@ -1335,10 +1380,10 @@ static void st_api(void)
 	ST_CHECK(coh_page_add(net.m[0], other, 0, 43) == 0);
 	ST_CHECK(coh_page_add(net.m[1], other, 0, 43) == 0);
 	ST_CHECK(coh_acquire(net.m[1], st_pg, COH_INVALID) == -EINVAL);
-	ST_CHECK(coh_acquire(net.m[1], (struct coh_page_id){ 9, 9 },
-	                     COH_READ) == -ENOENT);
+	ST_CHECK(coh_acquire(net.m[1], (struct coh_page_id){9, 9}, COH_READ) ==
+	         -ENOENT);
 	ST_CHECK(coh_evict(net.m[1], st_pg) == -ENODATA);
-	ST_CHECK(coh_evict(net.m[1], (struct coh_page_id){ 9, 9 }) == -ENOENT);
+	ST_CHECK(coh_evict(net.m[1], (struct coh_page_id){9, 9}) == -ENOENT);
 	ST_CHECK(coh_acquire(net.m[1], st_pg, COH_WRITE) == 1);
 	ST_CHECK(coh_acquire(net.m[1], st_pg, COH_READ) == 1); /* covered */
 	ST_CHECK(coh_acquire(net.m[1], other, COH_READ) == -EAGAIN);
@@ -1352,6 +1397,24 @@ static void st_api(void)
 	st_pump(&net);
 	ST_CHECK(coh_acquire(net.m[1], st_pg, COH_WRITE) == 1); /* upgrade */
 	ST_CHECK(coh_evict(net.m[1], st_pg) == -EBUSY);
+	st_pump(&net);
+
+	/* An INVALIDATE that crossed an EVICT still finds its ack after the
+	 * evicting node removed the page. */
+	ST_CHECK(coh_evict(net.m[1], st_pg) == 0);
+	ST_CHECK(coh_acquire(net.m[1], st_pg, COH_READ) == 1);
+	st_pump(&net);
+	ST_CHECK(coh_acquire(net.m[0], st_pg, COH_WRITE) == 1); /* INVALIDATE */
+	ST_CHECK(coh_evict(net.m[1], st_pg) == 0);              /* EVICT */
+	ST_CHECK(coh_page_remove(net.m[1], st_pg) == 0);
+	net.ndone = 0;
+	st_pump(&net);
+	ST_CHECK(net.ndone == 1 && net.last_err == 0);
+	ST_CHECK(coh_page_info(net.m[0], st_pg, &in) == 0 &&
+	         in.local == COH_WRITE && !in.busy);
+	ST_CHECK(coh_evict(net.m[0], st_pg) == 0);
+	ST_CHECK(coh_page_add(net.m[1], st_pg, 0, 42) == 0);
+	ST_CHECK(coh_acquire(net.m[1], st_pg, COH_WRITE) == 1);
 	st_pump(&net);
 
 	/* page_remove: only when quiet everywhere it matters. */
@@ -1379,8 +1442,11 @@ static void st_api(void)
 	ST_CHECK(net.ndone == 1 && net.last_err == -EREMOTE);
 
 	/* Malformed headers and impossible messages change nothing. */
-	m = (struct coh_msg){ .type = COH_M_INV_ACK, .src = 1, .dst = 0,
-		              .oid = other.oid, .pgno = other.pgno };
+	m = (struct coh_msg){.type = COH_M_INV_ACK,
+	                     .src = 1,
+	                     .dst = 0,
+	                     .oid = other.oid,
+	                     .pgno = other.pgno};
 	net.nact = 0;
 	ST_CHECK(coh_recv(net.m[0], &m) == -EPROTO); /* unsolicited */
 	m.type = 0;
@@ -1408,9 +1474,14 @@ static void st_api(void)
 	m.type = COH_M_READ_REQ;
 	m.mode = COH_WRITE;
 	ST_CHECK(coh_recv(net.m[0], &m) == -EBADMSG);
-	m = (struct coh_msg){ .type = COH_M_DATA, .mode = COH_READ,
-		              .flags = COH_F_PAYLOAD, .src = 0, .dst = 1,
-		              .seq = 99, .oid = other.oid, .pgno = other.pgno };
+	m = (struct coh_msg){.type = COH_M_DATA,
+	                     .mode = COH_READ,
+	                     .flags = COH_F_PAYLOAD,
+	                     .src = 0,
+	                     .dst = 1,
+	                     .seq = 99,
+	                     .oid = other.oid,
+	                     .pgno = other.pgno};
 	ST_CHECK(coh_recv(net.m[1], &m) == -EPROTO); /* nothing asked */
 	m.type = COH_M_NACK;
 	m.flags = 0;
@@ -1440,7 +1511,8 @@ static void st_api(void)
 	ST_CHECK(coh_peer_down(net.m[1], 0) == 0);
 	ST_CHECK(net.ndone == 1 && net.last_err == -EHOSTDOWN);
 	ST_CHECK(coh_peer_down(net.m[1], 0) == 0 && net.ndone == 1);
-	ST_CHECK(coh_peer_is_down(net.m[1], 0) && !coh_peer_is_down(net.m[1], 1));
+	ST_CHECK(coh_peer_is_down(net.m[1], 0) &&
+	         !coh_peer_is_down(net.m[1], 1));
 	ST_CHECK(coh_acquire(net.m[1], other, COH_READ) == -EHOSTDOWN);
 	/* Node 0 (alive, as far as it knows) serves the request; its DATA
 	 * reaches a node that has written it off, and is ignored. */
@@ -1464,22 +1536,27 @@ static void st_hash(void)
 	enum { NP = 300 };
 	struct coh_node *x;
 	struct coh_page_info in;
-	struct coh_config cfg = { .self = 0, .max_nodes = 2, .max_pages = NP,
-		                  .max_home_pages = NP / 2, .max_outstanding = 1,
-		                  .act = st_act, .act_ctx = &st_ctx[0] };
+	struct coh_config cfg = {.self = 0,
+	                         .max_nodes = 2,
+	                         .max_pages = NP,
+	                         .max_home_pages = NP / 2,
+	                         .max_outstanding = 1,
+	                         .act = st_act,
+	                         .act_ctx = &st_ctx[0]};
 	bool present[NP];
 
 	ST_CHECK(coh_init(&x, &cfg) == 0);
 	for (uint32_t i = 0; i < NP; i++) {
-		struct coh_page_id id = { .oid = i % 7, .pgno = i / 7 * 64 };
+		struct coh_page_id id = {.oid = i % 7, .pgno = i / 7 * 64};
 		ST_CHECK(coh_page_add(x, id, i & 1, i) == 0);
 		present[i] = true;
 	}
-	ST_CHECK(coh_page_add(x, (struct coh_page_id){ 99, 0 }, 1, 0) == -ENOSPC);
+	ST_CHECK(coh_page_add(x, (struct coh_page_id){99, 0}, 1, 0) == -ENOSPC);
 	for (uint32_t round = 0; round < 4; round++) {
 		for (uint32_t k = 0; k < NP; k++) {
 			uint32_t i = (k * 97 + round * 31) % NP;
-			struct coh_page_id id = { .oid = i % 7, .pgno = i / 7 * 64 };
+			struct coh_page_id id = {.oid = i % 7,
+			                         .pgno = i / 7 * 64};
 			if ((k + round) % 3 == 0) {
 				ST_CHECK(coh_page_remove(x, id) ==
 				         (present[i] ? 0 : -ENOENT));
@@ -1490,7 +1567,8 @@ static void st_hash(void)
 			}
 		}
 		for (uint32_t i = 0; i < NP; i++) {
-			struct coh_page_id id = { .oid = i % 7, .pgno = i / 7 * 64 };
+			struct coh_page_id id = {.oid = i % 7,
+			                         .pgno = i / 7 * 64};
 			int rc = coh_page_info(x, id, &in);
 			ST_CHECK(present[i] ? rc == 0 && in.home == (i & 1) &&
 			                              in.is_home == !(i & 1)
@@ -1509,20 +1587,24 @@ static int selftest(void)
 	return st_failures ? 1 : 0;
 }
 
-/* ---- main ------------------------------------------------------------------ */
+/* ---- main ------------------------------------------------------------------
+ */
 
 static void usage(void)
 {
 	fprintf(stderr,
-	        "usage: sim [--seed S] [--seeds COUNT] [--nodes N] [--pages P]\n"
+	        "usage: sim [--seed S] [--seeds COUNT] [--nodes N] [--pages "
+	        "P]\n"
 	        "           [--steps K] [--frames F] [--outstanding M]\n"
 	        "           [--writes PCT] [--crashes C] [--queue Q]\n"
 	        "           [-v] [--trace-from STEP] [--selftest]\n"
 	        "           [--inject stale|keep-read|lose-ack]\n"
 	        "           [--expect-violation[=TAG]] [--quiet]\n"
 	        "Runs seeds S..S+COUNT-1. --crashes is the expected number of\n"
-	        "crash-stops per run; --frames bounds a node's non-home copies;\n"
-	        "--queue makes each home's request queue that small (NACKs).\n");
+	        "crash-stops per run; --frames bounds a node's non-home "
+	        "copies;\n"
+	        "--queue makes each home's request queue that small "
+	        "(NACKs).\n");
 	exit(2);
 }
 
@@ -1540,12 +1622,17 @@ static uint64_t num(const char *s)
 
 int main(int argc, char **argv)
 {
-	struct opts o = { .seed = 1, .seeds = 1, .steps = 10000, .nodes = 8,
-		          .pages = 16, .outstanding = 4, .write_pct = 40,
-		          .crashes = 1.0 };
+	struct opts o = {.seed = 1,
+	                 .seeds = 1,
+	                 .steps = 10000,
+	                 .nodes = 8,
+	                 .pages = 16,
+	                 .outstanding = 4,
+	                 .write_pct = 40,
+	                 .crashes = 1.0};
 	bool frames_set = false;
-	struct stats tot = { 0 };
-	struct coh_stats ctot = { 0 };
+	struct stats tot = {0};
+	struct coh_stats ctot = {0};
 	struct timespec t0, t1;
 	uint64_t steps = 0, found = 0, found_seed = 0;
 	const char *found_tag = NULL;
@@ -1563,17 +1650,17 @@ int main(int argc, char **argv)
 		else if (ARG("--steps"))
 			o.steps = num(v);
 		else if (ARG("--nodes"))
-			o.nodes = (uint32_t)num(v);
+			o.nodes = (uint32_t) num(v);
 		else if (ARG("--pages"))
-			o.pages = (uint32_t)num(v);
+			o.pages = (uint32_t) num(v);
 		else if (ARG("--frames"))
-			o.frames = (uint32_t)num(v), frames_set = true;
+			o.frames = (uint32_t) num(v), frames_set = true;
 		else if (ARG("--queue"))
-			o.queue = (uint32_t)num(v);
+			o.queue = (uint32_t) num(v);
 		else if (ARG("--outstanding"))
-			o.outstanding = (uint32_t)num(v);
+			o.outstanding = (uint32_t) num(v);
 		else if (ARG("--writes"))
-			o.write_pct = (uint32_t)num(v);
+			o.write_pct = (uint32_t) num(v);
 		else if (ARG("--crashes"))
 			o.crashes = strtod(v, NULL);
 		else if (ARG("--trace-from"))
@@ -1601,9 +1688,9 @@ int main(int argc, char **argv)
 			usage();
 #undef ARG
 	}
-	if (o.nodes < 1 || o.nodes > 65534 || o.pages < 1 ||
-	    o.pages > 65535 || o.outstanding < 1 || o.write_pct > 100 ||
-	    o.crashes < 0 || o.seeds < 1)
+	if (o.nodes < 1 || o.nodes > 65534 || o.pages < 1 || o.pages > 65535 ||
+	    o.outstanding < 1 || o.write_pct > 100 || o.crashes < 0 ||
+	    o.seeds < 1)
 		usage();
 	if (!frames_set)
 		o.frames = o.pages / 2 > 0 ? o.pages / 2 : 1;
@@ -1642,7 +1729,8 @@ int main(int argc, char **argv)
 		if (!ok) {
 			found++;
 			if (!o.expect) {
-				printf("FAIL seed %" PRIu64 " step %" PRIu64 ": %s\n",
+				printf("FAIL seed %" PRIu64 " step %" PRIu64
+				       ": %s\n",
 				       seed, s.step, s.why);
 				replay_line(stdout, &o, seed);
 				sim_free(&s);
@@ -1651,8 +1739,9 @@ int main(int argc, char **argv)
 			if (found == 1) {
 				found_seed = seed;
 				found_tag = s.tag;
-				printf("violation found as expected, seed %" PRIu64
-				       " step %" PRIu64 ": %s\n", seed, s.step, s.why);
+				printf("violation found as expected, seed "
+				       "%" PRIu64 " step %" PRIu64 ": %s\n",
+				       seed, s.step, s.why);
 			}
 			sim_free(&s);
 			break;
@@ -1660,36 +1749,43 @@ int main(int argc, char **argv)
 		sim_free(&s);
 	}
 	clock_gettime(CLOCK_MONOTONIC, &t1);
-	double secs = (double)(t1.tv_sec - t0.tv_sec) +
-	              (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+	double secs = (double) (t1.tv_sec - t0.tv_sec) +
+	              (double) (t1.tv_nsec - t0.tv_nsec) / 1e9;
 	if (!o.quiet || o.expect)
-		printf("sim: %" PRIu64 " seeds x %" PRIu64 " steps, %u nodes, %u "
+		printf("sim: %" PRIu64 " seeds x %" PRIu64
+		       " steps, %u nodes, %u "
 		       "pages: %" PRIu64 " steps in %.1f s (%.2f M steps/s)\n"
 		       "  ops: %" PRIu64 " reads %" PRIu64 " writes (%" PRIu64
-		       " hits), %" PRIu64 " evictions (%" PRIu64 " to make room), "
+		       " hits), %" PRIu64 " evictions (%" PRIu64
+		       " to make room), "
 		       "%" PRIu64 " messages, %" PRIu64 " queued at a home\n"
 		       "  crossings: %" PRIu64 " EVICT/INVALIDATE, %" PRIu64
 		       " WRITEBACK/FETCH\n"
-		       "  crashes: %" PRIu64 ", %" PRIu64 " messages lost, %" PRIu64
-		       " ignored from the dead, %" PRIu64 " fetches from the home "
-		       "copy, %" PRIu64 " EHOSTDOWN, %" PRIu64 " reads saw lost "
+		       "  crashes: %" PRIu64 ", %" PRIu64
+		       " messages lost, %" PRIu64
+		       " ignored from the dead, %" PRIu64
+		       " fetches from the home "
+		       "copy, %" PRIu64 " EHOSTDOWN, %" PRIu64
+		       " reads saw lost "
 		       "writes undone\n"
-		       "  quiet points: %" PRIu64 " (%" PRIu64 " full I3/I4 checks)\n",
+		       "  quiet points: %" PRIu64 " (%" PRIu64
+		       " full I3/I4 checks)\n",
 		       o.seeds, o.steps, o.nodes, o.pages, steps, secs,
-		       (double)steps / secs / 1e6, tot.reads, tot.writes, tot.hits,
-		       tot.evictions, tot.forced_evictions, tot.delivered,
-		       ctot.queued, ctot.evict_crossed, ctot.fetch_crossed,
-		       tot.crashes, tot.lost, ctot.ignored_dead,
-		       ctot.fetch_fallback, tot.hostdown, tot.rollbacks, tot.quiet,
-		       tot.i4);
+		       (double) steps / secs / 1e6, tot.reads, tot.writes,
+		       tot.hits, tot.evictions, tot.forced_evictions,
+		       tot.delivered, ctot.queued, ctot.evict_crossed,
+		       ctot.fetch_crossed, tot.crashes, tot.lost,
+		       ctot.ignored_dead, ctot.fetch_fallback, tot.hostdown,
+		       tot.rollbacks, tot.quiet, tot.i4);
 	if (o.expect) {
 		if (!found) {
 			printf("FAIL: expected a violation, none found\n");
 			return 1;
 		}
 		if (*o.expect && strcmp(o.expect, found_tag)) {
-			printf("FAIL: expected a %s violation, got %s (seed %" PRIu64
-			       ")\n", o.expect, found_tag, found_seed);
+			printf("FAIL: expected a %s violation, got %s (seed "
+			       "%" PRIu64 ")\n",
+			       o.expect, found_tag, found_seed);
 			return 1;
 		}
 		return 0;
