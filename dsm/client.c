@@ -47,7 +47,6 @@ struct cmap {
 
 struct capdsm {
 	int fd;
-	int uffd;
 	uint64_t next_id;
 	uint32_t self;
 	uint32_t max_payload;
@@ -343,7 +342,6 @@ int capdsm_connect(const char *socket_path, const char *bank_ref,
 	c = calloc(1, sizeof *c);
 	if (!c)
 		return -ENOMEM;
-	c->uffd = -1;
 	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&a, sizeof a) != 0) {
 		rc = -errno;
@@ -387,8 +385,6 @@ void capdsm_close(struct capdsm *c)
 		free(m);
 	}
 	close(c->fd);
-	if (c->uffd >= 0)
-		close(c->uffd);
 	free(c);
 }
 
@@ -638,18 +634,17 @@ int capdsm_unlock(struct capdsm *c, uint32_t slot, uint64_t offset,
 	return lock_call(c, 1, slot, offset, len, 0);
 }
 
-/* Creates this connection's userfaultfd and hands a copy to the daemon,
- * which from then on serves every fault in our mappings. */
-static int attach_pager(struct capdsm *c)
+/* Creates a userfaultfd for one mapping. The library hands it to the
+ * daemon with MapCommit and closes its own copy, so the daemon holds the
+ * only one: if the daemon dies, the registration goes with it and a fault
+ * is handled by the kernel instead of waiting for a pager that is gone. */
+static int make_uffd(struct capdsm *c)
 {
 	struct uffdio_api api = {
 		.api = UFFD_API,
 		.features = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MINOR_SHMEM |
 		            UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_THREAD_ID,
 	};
-	Capdsm__Request q = CAPDSM__REQUEST__INIT;
-	Capdsm__PagerAttach pa = CAPDSM__PAGER_ATTACH__INIT;
-	Capdsm__Reply *r;
 	int fd, rc;
 
 	fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
@@ -664,16 +659,7 @@ static int attach_pager(struct capdsm *c)
 		return fail(c, rc, "userfaultfd features (minor and write-protect "
 		            "faults on shmem) unavailable: %s", strerror(-rc));
 	}
-	q.body_case = CAPDSM__REQUEST__BODY_PAGER_ATTACH;
-	q.pager_attach = &pa;
-	rc = rpc(c, &q, NULL, 0, fd, NULL, 0, NULL, &r);
-	if (rc) {
-		close(fd);
-		return rc;
-	}
-	reply_free(c, r);
-	c->uffd = fd;
-	return 0;
+	return fd;
 }
 
 static void unmap_request(struct capdsm *c, uint64_t id)
@@ -697,11 +683,9 @@ int capdsm_map(struct capdsm *c, uint32_t process_slot, uint32_t slot,
 	struct uffdio_register reg;
 	struct cmap *m;
 	void *p;
-	int fd = -1, rc;
+	int fd = -1, ufd = -1, rc;
 	uint64_t id;
 
-	if (c->uffd < 0 && (rc = attach_pager(c)) != 0)
-		return rc;
 	m = calloc(1, sizeof *m);
 	if (!m)
 		return fail(c, -ENOMEM, "out of memory");
@@ -741,8 +725,15 @@ int capdsm_map(struct capdsm *c, uint32_t process_slot, uint32_t slot,
 		.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR |
 		        ((rights & CAPDSM_R_WRITE) ? UFFDIO_REGISTER_MODE_WP : 0),
 	};
-	if (ioctl(c->uffd, UFFDIO_REGISTER, &reg) != 0) {
+	ufd = make_uffd(c);
+	if (ufd < 0) {
+		rc = ufd;
+		munmap(p, len);
+		goto undo;
+	}
+	if (ioctl(ufd, UFFDIO_REGISTER, &reg) != 0) {
 		rc = fail(c, -errno, "userfaultfd register: %s", strerror(errno));
+		close(ufd);
 		munmap(p, len);
 		goto undo;
 	}
@@ -751,11 +742,13 @@ int capdsm_map(struct capdsm *c, uint32_t process_slot, uint32_t slot,
 	q = (Capdsm__Request)CAPDSM__REQUEST__INIT;
 	q.body_case = CAPDSM__REQUEST__BODY_MAP_COMMIT;
 	q.map_commit = &mc;
-	rc = call(c, &q, NULL);
+	rc = rpc(c, &q, NULL, 0, ufd, NULL, 0, NULL, &r);
+	close(ufd); /* the daemon's copy is the only one now */
 	if (rc) {
 		munmap(p, len);
 		goto undo;
 	}
+	reply_free(c, r);
 	m->addr = p;
 	m->length = len;
 	m->id = id;

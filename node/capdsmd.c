@@ -35,9 +35,14 @@ static int ep_add(struct node *n, int fd, uint32_t type, uint32_t idx)
 	return epoll_ctl(n->epfd, EPOLL_CTL_ADD, fd, &ev) ? -errno : 0;
 }
 
-int node_watch_uffd(struct node *n, struct session *s)
+int node_watch_uffd(struct node *n, struct mapping *m)
 {
-	return ep_add(n, s->uffd, EV_UFFD, node_sid(n, s));
+	return ep_add(n, m->uffd, EV_UFFD, (uint32_t)(m - n->maps));
+}
+
+void node_unwatch(struct node *n, int fd)
+{
+	epoll_ctl(n->epfd, EPOLL_CTL_DEL, fd, NULL);
 }
 
 /* ---- sessions ---- */
@@ -67,7 +72,7 @@ static void accept_clients(struct node *n)
 			         n->cfg.clients);
 			struct timeval tv = { .tv_sec = 1 };
 			setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-			struct session tmp = { .fd = fd, .uffd = -1 };
+			struct session tmp = { .fd = fd };
 			node_send_error(n, &tmp, 0, -EUSERS,
 			                "node has no free session (pools.clients = %u)",
 			                n->cfg.clients);
@@ -88,7 +93,6 @@ static void accept_clients(struct node *n)
 		*s = (struct session){
 			.used = true,
 			.fd = fd,
-			.uffd = -1,
 			.gen = gen,
 			.pid = cr.pid,
 			.uid = cr.uid,
@@ -120,12 +124,8 @@ void node_close_session(struct node *n, struct session *s, const char *why)
 	log_debug("session close", "session=%u pid=%d why=\"%s\"", node_sid(n, s),
 	          (int)s->pid, why);
 	epoll_ctl(n->epfd, EPOLL_CTL_DEL, s->fd, NULL);
-	if (s->uffd >= 0)
-		epoll_ctl(n->epfd, EPOLL_CTL_DEL, s->uffd, NULL);
-	node_session_release(n, s);
+	node_session_release(n, s); /* closes its mappings' userfaultfds */
 	close(s->fd);
-	if (s->uffd >= 0)
-		close(s->uffd);
 	if (s->rxfd >= 0)
 		close(s->rxfd);
 	s->used = false;
@@ -435,8 +435,9 @@ static void node_run(struct node *n)
 				break;
 			}
 			case EV_UFFD:
-				if (s->used && s->uffd >= 0)
-					node_pager_events(n, s);
+				if (idx < n->cfg.mappings && n->maps[idx].used &&
+				    n->maps[idx].uffd >= 0)
+					node_pager_events(n, &n->maps[idx]);
 				break;
 			case EV_CLIENT:
 				if (s->used)

@@ -52,13 +52,14 @@ struct mapping {
 	uint32_t rights;
 	uint64_t offset, length, addr;
 	uint64_t bank; /* pays CAP_CHARGE_MAPPING */
+	int uffd;      /* the userfaultfd of this mapping alone, or -1 */
 };
 
 enum rd_state { RD_HDR, RD_PAYLOAD, RD_DRAIN };
 
 struct session {
 	bool used, hello;
-	int fd, uffd;
+	int fd;
 	uint32_t gen;
 	pid_t pid;
 	uid_t uid;
@@ -133,12 +134,13 @@ void node_send_error(struct node *n, struct session *s, uint64_t id,
 void node_check_mappings(struct node *n);
 
 /* pager.c */
-void node_pager_events(struct node *n, struct session *s);
+void node_pager_events(struct node *n, struct mapping *m);
 /* Write-protects a mapping that lost its capability. */
 void node_pager_revoke(struct node *n, struct session *s, struct mapping *m);
 
 /* capdsmd.c */
-int node_watch_uffd(struct node *n, struct session *s);
+int node_watch_uffd(struct node *n, struct mapping *m);
+void node_unwatch(struct node *n, int fd);
 void node_close_session(struct node *n, struct session *s, const char *why);
 
 static inline uint32_t node_sid(const struct node *n, const struct session *s)

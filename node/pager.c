@@ -63,8 +63,8 @@ static int resolve_missing(int fd, uint64_t addr)
 	return rc;
 }
 
-static int resolve_missing_private(struct node *n, struct session *s,
-                                   const struct mapping *m, uint64_t addr)
+static int resolve_missing_private(struct node *n, const struct mapping *m,
+                                   uint64_t addr)
 {
 	enum cap_kind kind;
 	void *priv;
@@ -76,7 +76,7 @@ static int resolve_missing_private(struct node *n, struct session *s,
 	if (fallocate(d->memfd, 0, (off_t)(m->offset + (addr - m->addr)), PAGE) != 0)
 		return -errno;
 	struct uffdio_continue cn = { .range = { .start = addr, .len = PAGE } };
-	return uffd_ioctl(s->uffd, UFFDIO_CONTINUE, &cn);
+	return uffd_ioctl(m->uffd, UFFDIO_CONTINUE, &cn);
 }
 
 static int resolve_minor(int fd, uint64_t addr)
@@ -94,17 +94,6 @@ static int write_protect(int fd, uint64_t addr, uint64_t len, bool on)
 	return uffd_ioctl(fd, UFFDIO_WRITEPROTECT, &wp);
 }
 
-static struct mapping *find_mapping(struct node *n, struct session *s,
-                                    uint64_t addr)
-{
-	for (uint32_t i = s->maps; i != NODE_NIL; i = n->maps[i].next) {
-		struct mapping *m = &n->maps[i];
-		if (m->committed && addr >= m->addr && addr - m->addr < m->length)
-			return m;
-	}
-	return NULL;
-}
-
 static void refuse(struct node *n, struct session *s, uint32_t tid,
                    uint64_t addr, const char *why)
 {
@@ -115,20 +104,22 @@ static void refuse(struct node *n, struct session *s, uint32_t tid,
 		kill(s->pid, SIGBUS);
 }
 
-static void on_fault(struct node *n, struct session *s,
+static void on_fault(struct node *n, struct mapping *m,
                      const struct uffd_msg *msg)
 {
+	struct session *s = &n->sessions[m->session];
 	uint64_t addr = msg->arg.pagefault.address & ~(uint64_t)(PAGE - 1);
 	uint64_t flags = msg->arg.pagefault.flags;
 	uint32_t tid = msg->arg.pagefault.feat.ptid;
-	struct mapping *m = find_mapping(n, s, addr);
 	uint32_t need = CAP_R_READ;
 	int rc;
 
-	if (!m)
-		return refuse(n, s, tid, addr, "no mapping at that address");
+	if (!m->committed || addr < m->addr || addr - m->addr >= m->length)
+		return refuse(n, s, tid, addr, "fault outside the mapping");
 	if (flags & (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP))
 		need |= CAP_R_WRITE;
+	if (need & ~m->rights)
+		return refuse(n, s, tid, addr, "store to a read-only mapping");
 	if (m->revoked ||
 	    cap_check(n->cs, s->clist, m->slot, CAP_KIND_DATA, need, NULL) != 0) {
 		if (!m->revoked)
@@ -137,45 +128,45 @@ static void on_fault(struct node *n, struct session *s,
 	}
 	if (flags & UFFD_PAGEFAULT_FLAG_WP) {
 		n->ct.faults_wp++;
-		rc = write_protect(s->uffd, addr, PAGE, false);
+		rc = write_protect(m->uffd, addr, PAGE, false);
 	} else if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
 		n->ct.faults_minor++;
-		rc = resolve_minor(s->uffd, addr);
+		rc = resolve_minor(m->uffd, addr);
 	} else if (m->rights & CAP_R_WRITE) {
 		n->ct.faults_missing++;
-		rc = resolve_missing(s->uffd, addr);
+		rc = resolve_missing(m->uffd, addr);
 	} else {
 		/* A read-only mapping is private: fill the page in the object's
 		 * file, then map that shared page read-only. */
 		n->ct.faults_missing++;
-		rc = resolve_missing_private(n, s, m, addr);
+		rc = resolve_missing_private(n, m, addr);
 	}
 	if (rc == -EEXIST)
-		rc = wake(s->uffd, addr); /* resolved by a racing fault */
+		rc = wake(m->uffd, addr); /* resolved by a racing fault */
 	if (rc && rc != -ENOENT && rc != -ESRCH)
 		log_warn("fault not resolved", "session=%u addr=0x%" PRIx64
-		         " flags=0x%" PRIx64 " err=\"%s\"", node_sid(n, s), addr,
+		         " flags=0x%" PRIx64 " err=\"%s\"", m->session, addr,
 		         flags, strerror(-rc));
 }
 
-void node_pager_events(struct node *n, struct session *s)
+void node_pager_events(struct node *n, struct mapping *m)
 {
 	struct uffd_msg msgs[32];
 
 	for (;;) {
-		ssize_t r = read(s->uffd, msgs, sizeof msgs);
+		ssize_t r = read(m->uffd, msgs, sizeof msgs);
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;
 			if (errno != EAGAIN)
 				log_warn("userfaultfd read failed", "session=%u err=\"%s\"",
-				         node_sid(n, s), strerror(errno));
+				         m->session, strerror(errno));
 			return;
 		}
 		for (size_t i = 0; i < (size_t)r / sizeof msgs[0]; i++) {
 			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
-				on_fault(n, s, &msgs[i]);
-			if (!s->used || s->uffd < 0)
+				on_fault(n, m, &msgs[i]);
+			if (!m->used || m->uffd < 0)
 				return;
 		}
 		if ((size_t)r < sizeof msgs)

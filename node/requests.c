@@ -173,6 +173,11 @@ static void mapping_free(struct node *n, struct session *s, struct mapping *m)
 			*p = m->next;
 			break;
 		}
+	if (m->uffd >= 0) {
+		node_unwatch(n, m->uffd);
+		close(m->uffd);
+		m->uffd = -1;
+	}
 	cap_drop(n->cs, s->clist, m->slot);
 	bank_uncharge(n->cs, m->bank, CAP_CHARGE_MAPPING, 0);
 	m->used = false;
@@ -542,9 +547,6 @@ static void do_map(struct node *n, struct session *s, uint64_t id,
 	uint32_t want = mp->rights;
 	int rc;
 
-	if (s->uffd < 0)
-		return node_send_error(n, s, id, -EPROTO,
-		                       "map: attach a pager (userfaultfd) first");
 	rc = cap_check(n->cs, s->clist, mp->process, CAP_KIND_PROCESS, CAP_R_MAP,
 	               &pi);
 	if (rc)
@@ -596,6 +598,7 @@ static void do_map(struct node *n, struct session *s, uint64_t id,
 		.offset = mp->offset,
 		.length = mp->length,
 		.bank = s->bank,
+		.uffd = -1,
 	};
 	s->maps = idx;
 	n->nmaps_used++;
@@ -607,16 +610,54 @@ static void do_map(struct node *n, struct session *s, uint64_t id,
 	node_send_reply(n, s, r, NULL, 0, (want & CAP_R_WRITE) ? d->memfd : d->rofd);
 }
 
+/* The descriptor must be a userfaultfd: anything else is refused rather
+ * than read from. */
+static bool is_userfaultfd(int fd)
+{
+	char path[64], target[64];
+	ssize_t k;
+
+	snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+	k = readlink(path, target, sizeof target - 1);
+	if (k <= 0)
+		return false;
+	target[k] = '\0';
+	return strstr(target, "userfaultfd") != NULL;
+}
+
 static void do_map_commit(struct node *n, struct session *s, uint64_t id,
                           const Capdsm__MapCommit *mc, Capdsm__Reply *r)
 {
 	struct mapping *m = mapping_get(n, s, mc->mapping);
+	int fd = s->rxfd;
 
-	if (!m)
-		return node_send_error(n, s, id, -ENOENT, "no such mapping");
-	if (m->committed || mc->address % PAGE || mc->address == 0 ||
-	    mc->address + m->length < mc->address)
-		return node_send_error(n, s, id, -EINVAL, "bad mapping address");
+	s->rxfd = -1;
+	int rc = 0;
+	const char *why = NULL;
+
+	if (!m) {
+		rc = -ENOENT;
+		why = "no such mapping";
+	} else if (fd < 0 || !is_userfaultfd(fd)) {
+		rc = -EBADF;
+		why = "map commit needs the mapping's userfaultfd";
+	} else if (m->committed || mc->address % PAGE || mc->address == 0 ||
+	           mc->address + m->length < mc->address) {
+		rc = -EINVAL;
+		why = "bad mapping address";
+	}
+	if (rc) {
+		if (fd >= 0)
+			close(fd);
+		return node_send_error(n, s, id, rc, "%s", why);
+	}
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+	m->uffd = fd;
+	if (node_watch_uffd(n, m) != 0) {
+		close(fd);
+		m->uffd = -1;
+		return node_send_error(n, s, id, -EIO, "map commit: epoll failed");
+	}
 	m->addr = mc->address;
 	m->committed = true;
 	send_ok(n, s, r);
@@ -630,41 +671,6 @@ static void do_unmap(struct node *n, struct session *s, uint64_t id,
 	if (!m)
 		return node_send_error(n, s, id, -ENOENT, "no such mapping");
 	mapping_free(n, s, m);
-	send_ok(n, s, r);
-}
-
-static void do_pager_attach(struct node *n, struct session *s, uint64_t id,
-                            Capdsm__Reply *r)
-{
-	int fd = s->rxfd;
-
-	s->rxfd = -1;
-	if (s->uffd >= 0) {
-		if (fd >= 0)
-			close(fd);
-		return node_send_error(n, s, id, -EBUSY, "pager already attached");
-	}
-	if (fd < 0)
-		return node_send_error(n, s, id, -EBADF,
-		                       "pager attach carries no descriptor");
-	/* The descriptor must be a userfaultfd: anything else is refused
-	 * rather than read from. */
-	char path[64], target[64];
-	snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-	ssize_t k = readlink(path, target, sizeof target - 1);
-	if (k <= 0 || (target[k] = '\0', strstr(target, "userfaultfd") == NULL)) {
-		close(fd);
-		return node_send_error(n, s, id, -EBADF,
-		                       "pager attach: descriptor is not a userfaultfd");
-	}
-	int fl = fcntl(fd, F_GETFL);
-	fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-	s->uffd = fd;
-	if (node_watch_uffd(n, s) != 0) {
-		s->uffd = -1;
-		close(fd);
-		return node_send_error(n, s, id, -EIO, "pager attach failed");
-	}
 	send_ok(n, s, r);
 }
 
@@ -973,7 +979,7 @@ void node_on_frame(struct node *n, struct session *s)
 	}
 	id = q->id;
 	r.id = id;
-	if (s->rxfd >= 0 && q->body_case != CAPDSM__REQUEST__BODY_PAGER_ATTACH) {
+	if (s->rxfd >= 0 && q->body_case != CAPDSM__REQUEST__BODY_MAP_COMMIT) {
 		close(s->rxfd); /* a descriptor nobody asked for */
 		s->rxfd = -1;
 		s->pl_id = id;
@@ -1044,9 +1050,6 @@ void node_on_frame(struct node *n, struct session *s)
 		break;
 	case CAPDSM__REQUEST__BODY_UNMAP_MAPPING:
 		do_unmap(n, s, id, q->unmap_mapping, &r);
-		break;
-	case CAPDSM__REQUEST__BODY_PAGER_ATTACH:
-		do_pager_attach(n, s, id, &r);
 		break;
 	case CAPDSM__REQUEST__BODY_BANK_CREATE:
 	case CAPDSM__REQUEST__BODY_BANK_SHOW:

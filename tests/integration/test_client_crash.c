@@ -180,11 +180,64 @@ static void test_killed_shared_holder_releases(void **state)
 	it_close(c);
 }
 
+/* The daemon is killed with SIGKILL while a client has an object mapped:
+ * the client's next touch of a page it never faulted in must not wait
+ * forever for a pager that is gone (the daemon held the only copy of the
+ * mapping's userfaultfd, so the registration died with it). */
+static void test_daemon_killed_under_mapping(void **state)
+{
+	struct th_daemon d;
+	struct th_config cfg = TH_CONFIG_DEFAULT;
+	int up[2], down[2], st = 0;
+	pid_t kid;
+
+	(void)state;
+	th_guard_arm(IT_GUARD_SECONDS);
+	assert_int_equal(th_daemon_start(&d, &cfg), 0);
+	assert_int_equal(pipe(up), 0);
+	assert_int_equal(pipe(down), 0);
+	kid = th_fork(20);
+	assert_true(kid >= 0);
+	if (kid == 0) {
+		struct capdsm *c = NULL;
+		volatile uint8_t *p;
+		void *vp;
+		uint32_t obj;
+
+		TH_CHILD_CHECK(capdsm_connect(d.sock, NULL, &c) == 0, 10);
+		TH_CHILD_CHECK(capdsm_object_create(c, CAPDSM_SESSION_BANK,
+		                                    2 * PAGE, &obj) == 0, 11);
+		TH_CHILD_CHECK(capdsm_map(c, capdsm_self(c), obj, 0, 2 * PAGE,
+		                          CAPDSM_R_READ | CAPDSM_R_WRITE, &vp) == 0,
+		               12);
+		p = vp;
+		p[0] = 1; /* page 0 through the daemon */
+		TH_CHILD_CHECK(th_pipe_send(up[1], 'm') == 0, 13);
+		TH_CHILD_CHECK(th_pipe_recv(down[0], 10000) == 'k', 14);
+		p[PAGE] = 2; /* page 1: the daemon is gone */
+		_exit(p[0] == 1 && p[PAGE] == 2 ? 0 : 15);
+	}
+	assert_int_equal(th_pipe_recv(up[0], 10000), 'm');
+	th_daemon_kill(&d);
+	assert_int_equal(th_pipe_send(down[1], 'k'), 0);
+	/* Bounded: a hang shows as a timeout here, not as a stuck suite. */
+	assert_int_equal(th_wait(kid, 5000, &st), 0);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	for (int i = 0; i < 2; i++) {
+		close(up[i]);
+		close(down[i]);
+	}
+	th_cleanup_all();
+	th_guard_disarm();
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		IT_TEST(test_killed_lock_holder),
 		IT_TEST(test_killed_shared_holder_releases),
+		cmocka_unit_test(test_daemon_killed_under_mapping),
 	};
 	return IT_RUN("integration.client_crash", tests, true);
 }

@@ -537,13 +537,15 @@ static void test_unwanted_descriptor(void **state)
 		         "(status %d, %d) instead of refused", st1, st3);
 }
 
-static void test_pager_attach_not_a_userfaultfd(void **state)
+/* A MapCommit must carry the mapping's userfaultfd: a pipe, a memfd or no
+ * descriptor at all is refused, the daemon keeps no copy, and the mapping
+ * stays uncommitted (so it serves no fault). */
+static void test_map_commit_not_a_userfaultfd(void **state)
 {
-	Capdsm__PagerAttach pa = CAPDSM__PAGER_ATTACH__INIT;
 	int p[2];
-
 	uint32_t obj, proc;
 	char ref[CAPDSM_REF_MAX];
+	struct th_reply r;
 
 	(void)state;
 	begin();
@@ -552,12 +554,34 @@ static void test_pager_attach_not_a_userfaultfd(void **state)
 	fds0 = th_daemon_fd_count(&it_d); /* with the object's memory */
 	int fd = raw();
 	assert_int_equal(th_raw_hello(fd, 1, &proc), 0);
+
+	Capdsm__CapRef cr = CAPDSM__CAP_REF__INIT;
+	cr.ref = ref;
+	Capdsm__Request q = req(2, CAPDSM__REQUEST__BODY_CAP_IMPORT);
+	q.cap_import = &cr;
+	assert_int_equal(th_raw_do(fd, &q, NULL, 0, -1, &r), 0);
+	assert_int_equal(r.status, 0);
+	Capdsm__Map mp = CAPDSM__MAP__INIT;
+	mp.slot = r.slot;
+	mp.process = proc;
+	mp.length = PAGE;
+	mp.rights = CAPDSM_R_READ;
+	q = req(3, CAPDSM__REQUEST__BODY_MAP);
+	q.map = &mp;
+	assert_int_equal(th_raw_do(fd, &q, NULL, 0, -1, &r), 0);
+	assert_int_equal(r.status, 0);
+	uint64_t mapping = r.mapping;
+	assert_int_equal(it_stat(mon, "mappings_used"), 1);
+
+	Capdsm__MapCommit mc = CAPDSM__MAP_COMMIT__INIT;
+	mc.mapping = mapping;
+	mc.address = 0x7f0000000000ull;
 	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
-	Capdsm__Request q = req(2, CAPDSM__REQUEST__BODY_PAGER_ATTACH);
-	q.pager_attach = &pa;
+	q = req(4, CAPDSM__REQUEST__BODY_MAP_COMMIT);
+	q.map_commit = &mc;
 	assert_int_equal(th_raw_request(fd, &q, NULL, 0, p[0]), 0);
 	close(p[0]);
-	expect_error_reply(fd, 2, "pager attach with a pipe");
+	expect_error_reply(fd, 4, "map commit with a pipe");
 	/* The daemon kept no copy of the read end: writing finds no reader. */
 	signal(SIGPIPE, SIG_IGN);
 	bool gone = false;
@@ -570,38 +594,20 @@ static void test_pager_attach_not_a_userfaultfd(void **state)
 	assert_true(gone);
 	close(p[1]);
 
-	/* A memfd is no userfaultfd either; no descriptor at all is refused. */
 	int mfd = memfd_create("not-uffd", MFD_CLOEXEC);
 	assert_true(mfd >= 0);
-	q = req(3, CAPDSM__REQUEST__BODY_PAGER_ATTACH);
-	q.pager_attach = &pa;
+	q = req(5, CAPDSM__REQUEST__BODY_MAP_COMMIT);
+	q.map_commit = &mc;
 	assert_int_equal(th_raw_request(fd, &q, NULL, 0, mfd), 0);
 	close(mfd);
-	expect_error_reply(fd, 3, "pager attach with a memfd");
-	q = req(4, CAPDSM__REQUEST__BODY_PAGER_ATTACH);
-	q.pager_attach = &pa;
+	expect_error_reply(fd, 5, "map commit with a memfd");
+	q = req(6, CAPDSM__REQUEST__BODY_MAP_COMMIT);
+	q.map_commit = &mc;
 	assert_int_equal(th_raw_request(fd, &q, NULL, 0, -1), 0);
-	expect_error_reply(fd, 4, "pager attach without a descriptor");
-
-	/* No pager was attached: a map is refused. */
-	Capdsm__CapRef cr = CAPDSM__CAP_REF__INIT;
-	cr.ref = ref;
-	q = req(5, CAPDSM__REQUEST__BODY_CAP_IMPORT);
-	q.cap_import = &cr;
-	struct th_reply r;
-	assert_int_equal(th_raw_do(fd, &q, NULL, 0, -1, &r), 0);
-	assert_int_equal(r.status, 0);
-	Capdsm__Map mp = CAPDSM__MAP__INIT;
-	mp.slot = r.slot;
-	mp.process = proc;
-	mp.length = PAGE;
-	mp.rights = CAPDSM_R_READ;
-	q = req(6, CAPDSM__REQUEST__BODY_MAP);
-	q.map = &mp;
-	assert_int_equal(th_raw_request(fd, &q, NULL, 0, -1), 0);
-	expect_error_reply(fd, 6, "map without a pager");
-	assert_int_equal(it_stat(mon, "mappings_used"), 0);
+	expect_error_reply(fd, 6, "map commit without a descriptor");
 	close(fd);
+	/* The session's end frees the uncommitted mapping. */
+	assert_int_equal(th_wait_stat(mon, "mappings_used", 0, 3000), 0);
 	end_healthy();
 }
 
@@ -617,7 +623,7 @@ int main(void)
 		IT_TEST(test_write_length_mismatch),
 		IT_TEST(test_requests_before_hello),
 		IT_TEST(test_unwanted_descriptor),
-		IT_TEST(test_pager_attach_not_a_userfaultfd),
+		IT_TEST(test_map_commit_not_a_userfaultfd),
 	};
 	return IT_RUN("integration.malformed", tests, false);
 }

@@ -338,6 +338,7 @@ static void take(Capdsm__Reply *r, struct th_reply *out)
 	out->status = r->status;
 	out->slot = r->slot;
 	out->process_slot = r->process_slot;
+	out->mapping = r->mapping;
 	out->n_counters = r->n_counters;
 	out->event = r->event != NULL;
 	snprintf(out->error, sizeof out->error, "%s", r->error ? r->error : "");

@@ -186,6 +186,7 @@ struct th_reply {
 	uint64_t id;
 	int status;
 	uint32_t slot, process_slot;
+	uint64_t mapping; /* map: the mapping id */
 	size_t n_counters;
 	bool event;
 	char error[256];
