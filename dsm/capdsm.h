@@ -91,6 +91,10 @@ CAPDSM_API uint32_t capdsm_self(const struct capdsm *c);
  * rights in *slot. */
 CAPDSM_API int capdsm_object_create(struct capdsm *c, uint32_t bank_slot,
                                     uint64_t size, uint32_t *slot);
+/* Destroys the object for everyone: needs a capability with every right
+ * (-EPERM otherwise). Every capability to it is revoked, every mapping of
+ * it loses its pages, and its charge returns to the bank that paid. */
+CAPDSM_API int capdsm_object_destroy(struct capdsm *c, uint32_t slot);
 CAPDSM_API int capdsm_cap_info(struct capdsm *c, uint32_t slot,
                                struct capdsm_cap_info *info);
 /* A new slot with a subset of the rights; a wider set is -EPERM. */

@@ -233,6 +233,8 @@ static int rpc(struct capdsm *c, Capdsm__Request *q, const void *out_pl,
 		const uint8_t *m;
 		int st = rc;
 
+		if (rc == -EPIPE)
+			rc = -ECONNRESET; /* the daemon closed: as capdsm.h says */
 		fail(c, rc, "send to daemon: %s", strerror(-rc));
 		if (in_frame(c, &h, &m, NULL) == 0 &&
 		    (r = reply_unpack(c, h.msg_len, m))) {
@@ -484,6 +486,11 @@ int capdsm_restrict_export(struct capdsm *c, uint32_t slot, uint32_t rights,
 	return 0;
 }
 
+int capdsm_object_destroy(struct capdsm *c, uint32_t slot)
+{
+	return slot_call(c, CAPDSM__REQUEST__BODY_OBJECT_DESTROY, slot, NULL);
+}
+
 int capdsm_revoke(struct capdsm *c, uint32_t slot)
 {
 	return slot_call(c, CAPDSM__REQUEST__BODY_CAP_REVOKE, slot, NULL);
@@ -610,6 +617,9 @@ static int lock_call(struct capdsm *c, int unlock, uint32_t slot,
 {
 	Capdsm__Request q = CAPDSM__REQUEST__INIT;
 	Capdsm__Lock l = CAPDSM__LOCK__INIT;
+
+	if (flags & ~(unsigned)(CAPDSM_LOCK_EXCLUSIVE | CAPDSM_LOCK_TRY))
+		return fail(c, -EINVAL, "unknown lock flags 0x%x", flags);
 
 	l.slot = slot;
 	l.offset = offset;

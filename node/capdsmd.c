@@ -24,6 +24,13 @@
 
 #include "node.h"
 
+static uint64_t now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
 static uint64_t tag(uint32_t type, uint32_t idx)
 {
 	return ((uint64_t)type << 32) | idx;
@@ -104,6 +111,8 @@ static void accept_clients(struct node *n)
 			.msg = in + sizeof(struct wire_hdr),
 			.rxfd = -1,
 			.arena = arena,
+			.opened_ms = now_us() / 1000,
+			.progress_ms = now_us() / 1000,
 		};
 		if (ep_add(n, fd, EV_CLIENT, node_sid(n, s)) != 0) {
 			s->used = false;
@@ -209,6 +218,7 @@ static void client_readable(struct node *n, struct session *s)
 			node_close_session(n, s, "end of stream");
 			return;
 		}
+		s->progress_ms = now_us() / 1000;
 		if (s->rd == RD_HDR) {
 			s->have += (uint32_t)r;
 			if (!take_frames(n, s))
@@ -387,11 +397,30 @@ static void node_fini(struct node *n)
 		close(n->epfd);
 }
 
-static uint64_t now_us(void)
+/* Closes sessions that hold a slot without using it: no hello in time, or
+ * a frame begun and not finished. A client waiting for a lock or a
+ * capability is not idle in this sense and is left alone. */
+static void sweep_sessions(struct node *n)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+	uint64_t now = now_us() / 1000;
+
+	for (uint32_t i = 0; i < n->cfg.clients; i++) {
+		struct session *s = &n->sessions[i];
+		bool partial = s->have > 0 || s->rd != RD_HDR;
+
+		if (!s->used)
+			continue;
+		if (!s->hello && now - s->opened_ms > NODE_HELLO_MS) {
+			log_info("session dropped", "session=%u pid=%d reason=\"no "
+			         "hello within %u ms\"", i, (int)s->pid, NODE_HELLO_MS);
+			node_close_session(n, s, "no hello");
+		} else if (partial && now - s->progress_ms > NODE_PARTIAL_MS) {
+			log_info("session dropped", "session=%u pid=%d reason=\"frame "
+			         "unfinished for %u ms\"", i, (int)s->pid,
+			         NODE_PARTIAL_MS);
+			node_close_session(n, s, "frame unfinished");
+		}
+	}
 }
 
 /* The loop. With poll_us > 0 it keeps polling (epoll_wait with a zero
@@ -403,10 +432,18 @@ static void node_run(struct node *n)
 	struct epoll_event evs[64];
 	uint64_t last = 0;
 
+	uint64_t swept = now_us();
+
 	while (!n->stopping) {
-		int timeout = -1;
+		/* Asleep for good only with no session at all; with sessions,
+		 * wake once a second to drop those that hold a slot idly. */
+		int timeout = n->nsessions_used ? 1000 : -1;
 		if (n->cfg.poll_us && now_us() - last < n->cfg.poll_us)
 			timeout = 0;
+		if (n->nsessions_used && now_us() - swept >= 1000000) {
+			sweep_sessions(n);
+			swept = now_us();
+		}
 		int k = epoll_wait(n->epfd, evs, 64, timeout);
 		if (k < 0) {
 			if (errno == EINTR)
@@ -486,6 +523,12 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	config_defaults(&n.cfg);
+	if (!config && !sock) {
+		fprintf(stderr, "capdsmd: give --config FILE (or at least "
+		        "--socket PATH)\n");
+		usage(stderr);
+		return 2;
+	}
 	if (config && config_load(&n.cfg, config, err, sizeof err) != 0) {
 		fprintf(stderr, "capdsmd: %s\n", err);
 		return 1;
@@ -508,13 +551,20 @@ int main(int argc, char **argv)
 		fprintf(stderr, "capdsmd: bad --log-level '%s'\n", level);
 		return 1;
 	}
+	/* Without a socket setting, the socket lives in the node's folder. */
+	if (!n.cfg.socket[0] &&
+	    snprintf(n.cfg.socket, sizeof n.cfg.socket, "%s/capdsm.sock",
+	             n.cfg.dir) >= (int)sizeof n.cfg.socket) {
+		fprintf(stderr, "capdsmd: %s/capdsm.sock: socket path too long\n",
+		        n.cfg.dir);
+		return 1;
+	}
 	if (config_check(&n.cfg, err, sizeof err) != 0) {
 		fprintf(stderr, "capdsmd: %s\n", err);
 		return 1;
 	}
 	log_setup(n.cfg.log_level, n.cfg.node_id);
 	if (node_init(&n, err, sizeof err) != 0) {
-		log_error("start failed", "reason=\"%s\"", err);
 		fprintf(stderr, "capdsmd: %s\n", err);
 		node_fini(&n);
 		return 1;

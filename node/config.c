@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "wire.h"
 
@@ -16,7 +18,7 @@ void config_defaults(struct node_config *c)
 {
 	*c = (struct node_config){
 		.node_id = 0,
-		.socket = "capdsm.sock",
+		.socket = "",
 		.dir = ".",
 		.group = "",
 		.log_level = LOG_INFO,
@@ -121,8 +123,14 @@ static int on_key(void *user, const char *section, const char *name,
 #define IS(s, n) (strcmp(section, s) == 0 && strcmp(name, n) == 0)
 	if (IS("node", "id"))
 		rc = set_u32(&c->node_id, value);
-	else if (IS("node", "socket"))
+	else if (IS("node", "socket")) {
 		rc = set_str(c->socket, sizeof c->socket, value);
+		if (rc) {
+			snprintf(lc->err, lc->errlen, "%s: [node] socket: path longer "
+			         "than %zu bytes", lc->path, sizeof c->socket - 1);
+			return 0;
+		}
+	}
 	else if (IS("node", "dir"))
 		rc = set_str(c->dir, sizeof c->dir, value);
 	else if (IS("node", "group"))
@@ -192,6 +200,11 @@ int config_load(struct node_config *c, const char *path, char *err,
 	int rc;
 
 	err[0] = '\0';
+	struct stat st;
+	if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+		snprintf(err, errlen, "%s: not a regular file", path);
+		return -EINVAL;
+	}
 	rc = ini_parse(path, on_key, &lc);
 	if (rc == -1) {
 		snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
@@ -247,6 +260,15 @@ int config_check(const struct node_config *c, char *err, unsigned errlen)
 			         "twice cluster.heartbeat_ms");
 			return -EINVAL;
 		}
+	}
+	long phys = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+	if (phys > 0 && psz > 0 &&
+	    (uint64_t)c->frames * 4096u > (uint64_t)phys * (uint64_t)psz) {
+		snprintf(err, errlen, "pools.frames = %u (%llu MiB) is more than "
+		         "this machine's memory (%llu MiB)", c->frames,
+		         (unsigned long long)c->frames * 4096u >> 20,
+		         (unsigned long long)phys * (unsigned long long)psz >> 20);
+		return -EINVAL;
 	}
 	if ((uint64_t)c->clients * c->slots_per_client > (1u << 26)) {
 		snprintf(err, errlen, "pools.clients * pools.slots_per_client is too large");

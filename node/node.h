@@ -31,6 +31,8 @@
 #define NODE_INBOX 16      /* capabilities waiting for capdsm_recv */
 #define NODE_ARENA (64u << 10) /* bytes for decoding one request */
 #define NODE_IN (sizeof(struct wire_hdr) + WIRE_MSG_MAX)
+#define NODE_HELLO_MS 5000    /* a connection that never says hello */
+#define NODE_PARTIAL_MS 10000 /* a frame begun and never finished */
 
 struct dobj {
 	bool used;
@@ -87,6 +89,10 @@ struct session {
 	uint64_t pl_left;
 	int pl_status;
 	char pl_err[160];
+
+	/* liveness: a session must say hello, and finish every frame it
+	 * starts, within NODE_HELLO_MS / NODE_PARTIAL_MS of its last byte */
+	uint64_t opened_ms, progress_ms;
 
 	/* waits */
 	bool lock_waiting;

@@ -401,6 +401,31 @@ sys_fail:
 	node_send_error(n, s, id, rc, "object memory: %s", strerror(-rc));
 }
 
+/* Destroying an object takes a capability with every right: only its
+ * creator's, or one passed on unattenuated, may end it for everyone. Every
+ * capability to it is revoked, every mapping loses it, its file is emptied
+ * and its charge returns to the bank that paid. */
+static void do_object_destroy(struct node *n, struct session *s, uint64_t id,
+                              const Capdsm__CapSlot *cs_, Capdsm__Reply *r)
+{
+	struct cap_info ci;
+	int rc = cap_check(n->cs, s->clist, cs_->slot, CAP_KIND_DATA, CAP_R_ALL,
+	                   &ci);
+
+	if (rc == -EPERM)
+		return node_send_error(n, s, id, rc, "object destroy: needs a "
+		                       "capability with every right");
+	if (rc)
+		return node_send_error(n, s, id, rc, "object destroy: %s",
+		                       cap_reason(rc));
+	rc = cap_obj_destroy(n->cs, ci.oid);
+	if (rc)
+		return node_send_error(n, s, id, rc, "object destroy: %s",
+		                       cap_reason(rc));
+	node_check_mappings(n);
+	send_ok(n, s, r);
+}
+
 /* A data object capability with `need`, and [off, off+len) inside it. */
 static int check_range(struct node *n, struct session *s, uint32_t slot,
                        uint32_t need, uint64_t off, uint64_t len,
@@ -746,6 +771,16 @@ static void do_cap(struct node *n, struct session *s, uint64_t id,
 			 * whatever the grant right says. */
 			rc = cap_check(n->cs, s->clist, q->cap_restrict->slot,
 			               CAP_KIND_NONE, q->cap_restrict->rights, NULL);
+			if (rc == -EPERM)
+				return node_send_error(n, s, id, rc, "restrict: rights "
+				                       "can only shrink: the capability "
+				                       "lacks some of those asked");
+			if (!rc &&
+			    cap_check(n->cs, s->clist, q->cap_restrict->slot,
+			              CAP_KIND_NONE, CAP_R_GRANT, NULL) == -EPERM)
+				return node_send_error(n, s, id, -EPERM, "restrict: a "
+				                       "reference can only be made from a "
+				                       "capability with grant");
 			if (!rc)
 				rc = cap_export_rights(n->cs, s->clist,
 				                       q->cap_restrict->slot,
@@ -756,6 +791,10 @@ static void do_cap(struct node *n, struct session *s, uint64_t id,
 		} else {
 			rc = cap_restrict(n->cs, s->clist, q->cap_restrict->slot,
 			                  q->cap_restrict->rights, &r->slot);
+			if (rc == -EPERM)
+				return node_send_error(n, s, id, rc, "restrict: rights "
+				                       "can only shrink: the capability "
+				                       "lacks some of those asked");
 		}
 		break;
 	case CAPDSM__REQUEST__BODY_CAP_REVOKE:
@@ -915,8 +954,10 @@ static void do_bank(struct node *n, struct session *s, uint64_t id,
 	case CAPDSM__REQUEST__BODY_BANK_DESTROY:
 		rc = cap_check(n->cs, s->clist, q->bank_destroy->slot, CAP_KIND_BANK,
 		               CAP_R_WRITE, &ci);
-		if (!rc)
-			rc = bank_destroy(n->cs, ci.oid);
+		if (rc)
+			return node_send_error(n, s, id, rc, "bank destroy: %s",
+			                       cap_reason(rc));
+		rc = bank_destroy(n->cs, ci.oid);
 		if (rc)
 			return node_send_error(n, s, id, rc, "bank destroy: %s",
 			                       rc == -EPERM ? "the root bank cannot be "
@@ -1017,6 +1058,9 @@ void node_on_frame(struct node *n, struct session *s)
 		break;
 	case CAPDSM__REQUEST__BODY_OBJECT_CREATE:
 		do_object_create(n, s, id, q->object_create, &r);
+		break;
+	case CAPDSM__REQUEST__BODY_OBJECT_DESTROY:
+		do_object_destroy(n, s, id, q->object_destroy, &r);
 		break;
 	case CAPDSM__REQUEST__BODY_CAP_RESTRICT:
 	case CAPDSM__REQUEST__BODY_CAP_REVOKE:

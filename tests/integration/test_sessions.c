@@ -81,10 +81,38 @@ static void test_refused_connections_leak_nothing(void **state)
 	it_close(a);
 }
 
+/* Connections that hold a session without using it — one that never says
+ * hello, one that stops in the middle of a frame — are dropped by the
+ * daemon (after 5 s and 10 s), so a full pool frees itself. */
+static void test_idle_sessions_dropped(void **state)
+{
+	int quiet, partial;
+	const uint8_t half[2] = { 0x43, 0x44 };
+	struct capdsm *x = NULL;
+
+	(void)state;
+	quiet = th_raw_connect(it_d.sock);
+	partial = th_raw_connect(it_d.sock);
+	assert_true(quiet >= 0 && partial >= 0);
+	assert_int_equal(th_raw_send_bytes(partial, half, sizeof half), 0);
+	usleep(200000);
+	/* Both slots of the pool are taken now. */
+	assert_int_not_equal(capdsm_connect(it_d.sock, NULL, &x), 0);
+	assert_int_equal(th_raw_wait_closed(quiet, 9000), 0);
+	assert_int_equal(th_raw_wait_closed(partial, 9000), 0);
+	assert_int_equal(capdsm_connect(it_d.sock, NULL, &x), 0);
+	it_track(x);
+	assert_true(th_log_contains(&it_d, "no hello within"));
+	close(quiet);
+	close(partial);
+	it_close(x);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		IT_TEST_CFG(test_third_connection_refused, &two_clients),
+		IT_TEST_CFG(test_idle_sessions_dropped, &two_clients),
 		IT_TEST_CFG(test_refused_connections_leak_nothing, &two_clients),
 	};
 	return IT_RUN("integration.sessions", tests, false);
