@@ -13,6 +13,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -210,16 +211,25 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
+	/* A worker that fails leaves the others waiting at a barrier for
+	 * ever: the first failure stops them all. */
 	int failed = 0;
-	for (unsigned w = 0; w < workers; w++) {
+	for (unsigned done = 0; done < workers; done++) {
 		int st;
-		waitpid(pids[w], &st, 0);
-		if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-			failed++;
+		pid_t p = wait(&st);
+		if (p < 0)
+			break;
+		if ((!WIFEXITED(st) || WEXITSTATUS(st) != 0) && !failed++)
+			for (unsigned w = 0; w < workers; w++)
+				if (pids[w] != p)
+					kill(pids[w], SIGKILL);
 	}
 	double t1 = now();
 	if (failed) {
-		fprintf(stderr, "capdsm-jacobi: %d worker(s) failed\n", failed);
+		fprintf(stderr, "capdsm-jacobi: a worker failed; the others were "
+		        "stopped\n");
+		capdsm_object_destroy(c, obj);
+		capdsm_close(c);
 		return 1;
 	}
 
@@ -251,6 +261,9 @@ int main(int argc, char **argv)
 	       "%.3f s shared, %.3f s serial, checksum %.6f, %zu cells differ "
 	       "from the serial run\n", n, n, iters, workers, nsocks, t1 - t0,
 	       t2 - t1, sum, diff);
+	rc = capdsm_object_destroy(c, obj); /* its frames go back to the bank */
+	if (rc)
+		fprintf(stderr, "capdsm-jacobi: destroy: %s\n", capdsm_strerror(c));
 	capdsm_close(c);
 	free(init);
 	free(a);

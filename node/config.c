@@ -241,7 +241,10 @@ int config_check(const struct node_config *c, char *err, unsigned errlen)
 			         ", %" PRIu32 "]", r[i].name, r[i].v, r[i].lo, r[i].hi);
 			return -EINVAL;
 		}
-	if (c->nodes < 1 || c->nodes > CFG_MAX_NODES || c->node_id >= c->nodes) {
+	/* A lone node (nodes = 1) may carry any id; in a cluster the id
+	 * names one of its [peer.K] sections. */
+	if (c->nodes < 1 || c->nodes > CFG_MAX_NODES ||
+	    (c->nodes > 1 && c->node_id >= c->nodes)) {
 		snprintf(err, errlen, "cluster.nodes = %u with node id %u: need "
 		         "1..%u nodes and id < nodes", c->nodes, c->node_id,
 		         CFG_MAX_NODES);

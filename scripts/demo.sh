@@ -51,13 +51,14 @@ wait "$watcher"
 echo "the other program saw: $(cat "$CAPDSM_DIR/seen")"
 [ "$(cat "$CAPDSM_DIR/seen")" = "stored here" ]
 
-step "restrict it to read-only: reads work, writes are refused"
-ro=$(capdsm cap restrict "$ref" --rights read)
+step "restrict it to read-only: reads work, writes and widening are refused"
+ro=$(capdsm cap restrict "$ref" --rights read,map,grant)
 capdsm cap show "$ro"
 capdsm read "$ro" --offset 0 --length 18
 expect_fail sh -c "echo x | '$bin/tools/capdsm' write '$ro' --offset 0"
-expect_fail capdsm cap restrict "$ro" --rights read,write
 expect_fail capdsm map "$ro" --rights read,write --put x
+expect_fail capdsm cap restrict "$ro" --rights read,write,map,grant
+capdsm map "$ro" --at 4096 --print 11; echo "   <- read through a read-only mapping"
 
 step "revoke the read-only reference: every use of it fails"
 capdsm cap revoke "$ro"
@@ -72,6 +73,12 @@ capdsm object create --size 4K --bank "$bank" >/dev/null
 expect_fail capdsm object create --size 4K --bank "$bank"
 capdsm bank show "$bank"
 capdsm bank destroy "$bank"
+
+step "an object ends only through a capability with every right"
+tmp=$(capdsm object create --size 64K)
+expect_fail capdsm object destroy "$(capdsm cap restrict "$tmp" --rights read,write,lock,map)"
+capdsm object destroy "$tmp"
+expect_fail capdsm read "$tmp" --length 1
 
 step "the workload: a Jacobi solve on a grid mapped into $workers processes"
 "$bin/demo/capdsm-jacobi" --socket "$CAPDSM_DIR/node0/capdsm.sock" \

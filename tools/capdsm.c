@@ -42,6 +42,8 @@ static const struct verb verbs[] = {
 	{ "object create", 0, NODE_OPTS | TOOL_O_SIZE | TOOL_O_BANK,
 	  TOOL_O_DIR | TOOL_O_SIZE, tool_object_create,
 	  "object create --size BYTES [--bank REF]" },
+	{ "object destroy", 1, NODE_OPTS, TOOL_O_DIR, tool_object_destroy,
+	  "object destroy REF   (needs a reference with every right)" },
 	{ "cap restrict", 1, NODE_OPTS | TOOL_O_RIGHTS,
 	  TOOL_O_DIR | TOOL_O_RIGHTS, tool_cap_restrict,
 	  "cap restrict REF --rights LIST" },

@@ -103,6 +103,7 @@ int tool_write_full(int fd, const void *buf, size_t len);
 /* ---- verbs.c: verbs that talk to one daemon ---- */
 
 int tool_object_create(const struct tool_args *a);
+int tool_object_destroy(const struct tool_args *a);
 int tool_cap_restrict(const struct tool_args *a);
 int tool_cap_revoke(const struct tool_args *a);
 int tool_cap_show(const struct tool_args *a);

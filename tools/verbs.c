@@ -96,7 +96,7 @@ static int cap_restrict(const struct tool_args *a, struct capdsm *c)
 	uint32_t slot;
 	int rc, status;
 
-	status = import_ref(a, c, a->ref, "REF", &slot);
+	status = import_ref(a, c, a->ref, "the reference", &slot);
 	if (status)
 		return status;
 	/* One step in the daemon: the reference may lack grant itself (a
@@ -135,7 +135,7 @@ static int cap_show(const struct tool_args *a, struct capdsm *c)
 	uint32_t slot;
 	int rc, status;
 
-	status = import_ref(a, c, a->ref, "REF", &slot);
+	status = import_ref(a, c, a->ref, "the reference", &slot);
 	if (status)
 		return status;
 	rc = capdsm_cap_info(c, slot, &info);
@@ -231,7 +231,7 @@ static int write_verb(const struct tool_args *a, struct capdsm *c)
 	char *buf;
 	int status;
 
-	status = import_ref(a, c, a->ref, "REF", &slot);
+	status = import_ref(a, c, a->ref, "the reference", &slot);
 	if (status)
 		return status;
 	buf = malloc(TOOL_CHUNK);
@@ -249,7 +249,7 @@ static int read_verb(const struct tool_args *a, struct capdsm *c)
 	char *buf;
 	int status;
 
-	status = import_ref(a, c, a->ref, "REF", &slot);
+	status = import_ref(a, c, a->ref, "the reference", &slot);
 	if (status)
 		return status;
 	status = read_length(a, c, slot, &len);
@@ -286,7 +286,7 @@ static int bank_show(const struct tool_args *a, struct capdsm *c)
 	uint32_t slot;
 	int rc, status;
 
-	status = import_ref(a, c, a->ref, "REF", &slot);
+	status = import_ref(a, c, a->ref, "the reference", &slot);
 	if (status)
 		return status;
 	rc = capdsm_bank_info(c, slot, &b);
@@ -305,7 +305,7 @@ static int bank_destroy(const struct tool_args *a, struct capdsm *c)
 	uint32_t slot;
 	int rc, status;
 
-	status = import_ref(a, c, a->ref, "REF", &slot);
+	status = import_ref(a, c, a->ref, "the reference", &slot);
 	if (status)
 		return status;
 	rc = capdsm_bank_destroy(c, slot);
@@ -366,6 +366,25 @@ static int stats(const struct tool_args *a, struct capdsm *c)
 }
 
 /* ---- the verbs ---- */
+
+static int object_destroy(const struct tool_args *a, struct capdsm *c)
+{
+	uint32_t slot;
+	int rc, status;
+
+	status = import_ref(a, c, a->ref, "the reference", &slot);
+	if (status)
+		return status;
+	rc = capdsm_object_destroy(c, slot);
+	if (rc)
+		return tool_fail_reason(a, c, rc);
+	return TOOL_EXIT_OK;
+}
+
+int tool_object_destroy(const struct tool_args *a)
+{
+	return with_node(a, object_destroy);
+}
 
 int tool_object_create(const struct tool_args *a)
 {
@@ -432,7 +451,7 @@ static int map_verb(const struct tool_args *a, struct capdsm *c)
 	void *base;
 	int rc, status;
 
-	status = import_ref(a, c, a->ref, "REF", &slot);
+	status = import_ref(a, c, a->ref, "the reference", &slot);
 	if (status)
 		return status;
 	rc = capdsm_cap_info(c, slot, &ci);
@@ -448,6 +467,9 @@ static int map_verb(const struct tool_args *a, struct capdsm *c)
 	if (a->at > len || span > len - a->at)
 		return tool_fail(a, "--at and the bytes used go past the mapping "
 		                 "(%" PRIu64 " bytes)", len);
+	if (a->put && !(rights & CAPDSM_R_WRITE))
+		return tool_fail(a, "--put stores through the mapping: it needs "
+		                 "--rights read,write");
 	rc = capdsm_map(c, capdsm_self(c), slot, a->offset, len, rights, &base);
 	if (rc)
 		return tool_fail_reason(a, c, rc);
