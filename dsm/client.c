@@ -8,6 +8,7 @@
  * buffer. */
 #include "capdsm.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
@@ -112,8 +113,21 @@ static int in_need(struct capdsm *c, uint32_t n, int *fd)
 		c->in_off = 0;
 	}
 	while (c->in_have < n) {
-		ssize_t r = wire_recv_some(c->fd, c->in + c->in_have,
-		                           sizeof c->in - c->in_have, fd, 0);
+		/* Without a descriptor to collect, plain recv(): the kernel
+		 * closes any that a daemon would send unasked. */
+		ssize_t r;
+
+		if (fd) {
+			r = wire_recv_some(c->fd, c->in + c->in_have,
+			                   sizeof c->in - c->in_have, fd, 0);
+		} else {
+			do
+				r = recv(c->fd, c->in + c->in_have,
+				         sizeof c->in - c->in_have, 0);
+			while (r < 0 && errno == EINTR);
+			if (r < 0)
+				r = -errno;
+		}
 		if (r < 0)
 			return (int)r;
 		if (r == 0)
@@ -219,11 +233,12 @@ static int rpc(struct capdsm *c, Capdsm__Request *q, const void *out_pl,
 	size_t len;
 	int rc;
 
+	/* Every request is a few numbers and at most one reference of at most
+	 * CAPDSM_REF_MAX bytes (checked where one is taken), far below
+	 * WIRE_MSG_MAX: pack at once, without a sizing pass. */
 	q->id = ++c->next_id;
-	len = capdsm__request__get_packed_size(q);
-	if (len > WIRE_MSG_MAX)
-		return fail(c, -EMSGSIZE, "request too large");
-	capdsm__request__pack(q, c->msg + sizeof(struct wire_hdr));
+	len = capdsm__request__pack(q, c->msg + sizeof(struct wire_hdr));
+	assert(len <= WIRE_MSG_MAX);
 	rc = wire_send_frame(c->fd, c->msg, (uint32_t)len, out_pl, out_len, out_fd);
 	if (rc) {
 		/* A daemon that refuses us (say, no free session) sends its
@@ -355,6 +370,13 @@ int capdsm_connect(const char *socket_path, const char *bank_ref,
 		return rc;
 	}
 	h.version = 1;
+	if (bank_ref && strnlen(bank_ref, CAPDSM_REF_MAX) >= CAPDSM_REF_MAX) {
+		snprintf(connect_err, sizeof connect_err,
+		         "bank reference too long");
+		close(c->fd);
+		free(c);
+		return -EINVAL;
+	}
 	h.bank_ref = (char *)(bank_ref ? bank_ref : "");
 	q.body_case = CAPDSM__REQUEST__BODY_HELLO;
 	q.hello = &h;
@@ -523,6 +545,8 @@ static int ref_call(struct capdsm *c, Capdsm__Request__BodyCase which,
 	Capdsm__Request q = CAPDSM__REQUEST__INIT;
 	Capdsm__CapRef cr = CAPDSM__CAP_REF__INIT;
 
+	if (strnlen(ref, CAPDSM_REF_MAX) >= CAPDSM_REF_MAX)
+		return fail(c, -EINVAL, "not a sturdy reference (too long)");
 	cr.ref = (char *)ref;
 	q.body_case = which;
 	q.cap_import = &cr; /* cap_revoke_ref shares the union slot */

@@ -112,7 +112,6 @@ static void accept_clients(struct node *n)
 			.rxfd = -1,
 			.arena = arena,
 			.opened_ms = now_us() / 1000,
-			.progress_ms = now_us() / 1000,
 		};
 		if (ep_add(n, fd, EV_CLIENT, node_sid(n, s)) != 0) {
 			s->used = false;
@@ -218,7 +217,7 @@ static void client_readable(struct node *n, struct session *s)
 			node_close_session(n, s, "end of stream");
 			return;
 		}
-		s->progress_ms = now_us() / 1000;
+		s->stall_ms = 0;
 		if (s->rd == RD_HDR) {
 			s->have += (uint32_t)r;
 			if (!take_frames(n, s))
@@ -414,7 +413,11 @@ static void sweep_sessions(struct node *n)
 			log_info("session dropped", "session=%u pid=%d reason=\"no "
 			         "hello within %u ms\"", i, (int)s->pid, NODE_HELLO_MS);
 			node_close_session(n, s, "no hello");
-		} else if (partial && now - s->progress_ms > NODE_PARTIAL_MS) {
+		} else if (!partial) {
+			s->stall_ms = 0;
+		} else if (!s->stall_ms) {
+			s->stall_ms = now;
+		} else if (now - s->stall_ms > NODE_PARTIAL_MS) {
 			log_info("session dropped", "session=%u pid=%d reason=\"frame "
 			         "unfinished for %u ms\"", i, (int)s->pid,
 			         NODE_PARTIAL_MS);
@@ -433,14 +436,19 @@ static void node_run(struct node *n)
 	uint64_t last = 0;
 
 	uint64_t swept = now_us();
+	unsigned rounds = 0;
 
 	while (!n->stopping) {
 		/* Asleep for good only with no session at all; with sessions,
-		 * wake once a second to drop those that hold a slot idly. */
+		 * wake once a second to drop those that hold a slot idly. The
+		 * clock is read every 256 rounds or after a quiet second, not
+		 * per request: on a VM without a usable vDSO clock every read is
+		 * a system call. */
 		int timeout = n->nsessions_used ? 1000 : -1;
 		if (n->cfg.poll_us && now_us() - last < n->cfg.poll_us)
 			timeout = 0;
-		if (n->nsessions_used && now_us() - swept >= 1000000) {
+		if (n->nsessions_used && (++rounds & 255) == 0 &&
+		    now_us() - swept >= 1000000) {
 			sweep_sessions(n);
 			swept = now_us();
 		}
@@ -450,6 +458,10 @@ static void node_run(struct node *n)
 				continue;
 			log_error("epoll_wait failed", "err=\"%s\"", strerror(errno));
 			return;
+		}
+		if (k == 0 && timeout > 0) { /* a quiet second */
+			sweep_sessions(n);
+			swept = now_us();
 		}
 		if (k > 0 && n->cfg.poll_us)
 			last = now_us();

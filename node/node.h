@@ -90,9 +90,11 @@ struct session {
 	int pl_status;
 	char pl_err[160];
 
-	/* liveness: a session must say hello, and finish every frame it
-	 * starts, within NODE_HELLO_MS / NODE_PARTIAL_MS of its last byte */
-	uint64_t opened_ms, progress_ms;
+	/* liveness: a session must say hello within NODE_HELLO_MS of opening
+	 * and finish a frame it started within NODE_PARTIAL_MS. The sweep
+	 * stamps stall_ms when it first sees a partial frame; any byte
+	 * received clears it (no clock read on the request path). */
+	uint64_t opened_ms, stall_ms;
 
 	/* waits */
 	bool lock_waiting;
