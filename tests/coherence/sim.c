@@ -1593,18 +1593,18 @@ static int selftest(void)
 static void usage(void)
 {
 	fprintf(stderr,
-	        "usage: sim [--seed S] [--seeds COUNT] [--nodes N] [--pages "
-	        "P]\n"
-	        "           [--steps K] [--frames F] [--outstanding M]\n"
-	        "           [--writes PCT] [--crashes C] [--queue Q]\n"
-	        "           [-v] [--trace-from STEP] [--selftest]\n"
+	        "usage: sim [--seed S] [--seeds COUNT] [--nodes N<=2048]\n"
+	        "           [--pages P] [--steps K] [--frames F]\n"
+	        "           [--outstanding M] [--writes PCT] [--crashes C]\n"
+	        "           [--queue Q] [-v] [--trace-from STEP] [--quiet]\n"
 	        "           [--inject stale|keep-read|lose-ack]\n"
-	        "           [--expect-violation[=TAG]] [--quiet]\n"
-	        "Runs seeds S..S+COUNT-1. --crashes is the expected number of\n"
-	        "crash-stops per run; --frames bounds a node's non-home "
-	        "copies;\n"
-	        "--queue makes each home's request queue that small "
-	        "(NACKs).\n");
+	        "           [--expect-violation[=TAG]]\n"
+	        "       sim --selftest\n"
+	        "Runs seeds S..S+COUNT-1. --crashes: expected crash-stops\n"
+	        "per run; --frames: a node's frames for non-home copies;\n"
+	        "--queue: each home's request queue (full = NACK). In traces\n"
+	        "a value wN#C is node N's C-th write of the page, w-1#0 the\n"
+	        "initial contents.\n");
 	exit(2);
 }
 
@@ -1688,7 +1688,7 @@ int main(int argc, char **argv)
 			usage();
 #undef ARG
 	}
-	if (o.nodes < 1 || o.nodes > 65534 || o.pages < 1 || o.pages > 65535 ||
+	if (o.nodes < 1 || o.nodes > 2048 || o.pages < 1 || o.pages > 65535 ||
 	    o.outstanding < 1 || o.write_pct > 100 || o.crashes < 0 ||
 	    o.seeds < 1)
 		usage();
