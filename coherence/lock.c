@@ -214,6 +214,12 @@ static bool match_owner(const struct rec *x, uint64_t owner)
 	return x->r.owner == owner;
 }
 
+/* key: mask in the high 32 bits, value in the low 32 */
+static bool match_owner_mask(const struct rec *x, uint64_t key)
+{
+	return (x->r.owner & (uint32_t)(key >> 32)) == (uint32_t)key;
+}
+
 static bool match_oid(const struct rec *x, uint64_t oid)
 {
 	return x->r.oid == oid;
@@ -226,6 +232,23 @@ unsigned coh_lock_release_owner(struct coh_locktab *lt, uint32_t owner,
 
 	for (uint32_t b = 0; b < lt->nbuckets; b++) {
 		unsigned d = drop_where(lt, b, match_owner, owner, NULL, NULL);
+		if (d) {
+			n += d;
+			regrant(lt, b, fn, ctx);
+		}
+	}
+	return n;
+}
+
+unsigned coh_lock_release_owners(struct coh_locktab *lt, uint32_t mask,
+                                 uint32_t value, coh_lock_grant_fn fn,
+                                 void *ctx)
+{
+	uint64_t key = ((uint64_t)mask << 32) | value;
+	unsigned n = 0;
+
+	for (uint32_t b = 0; b < lt->nbuckets; b++) {
+		unsigned d = drop_where(lt, b, match_owner_mask, key, NULL, NULL);
 		if (d) {
 			n += d;
 			regrant(lt, b, fn, ctx);

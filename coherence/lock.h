@@ -63,6 +63,12 @@ int coh_lock_release(struct coh_locktab *lt, uint32_t owner, uint64_t oid,
 unsigned coh_lock_release_owner(struct coh_locktab *lt, uint32_t owner,
                                 coh_lock_grant_fn fn, void *ctx);
 
+/* As coh_lock_release_owner, for every owner with (owner & mask) == value:
+ * all sessions of a node that died, when owners encode the node. */
+unsigned coh_lock_release_owners(struct coh_locktab *lt, uint32_t mask,
+                                 uint32_t value, coh_lock_grant_fn fn,
+                                 void *ctx);
+
 /* Drops every record on object `oid` (the object is gone); each waiting
  * request dropped is passed to `dropped` so its owner can be told. */
 unsigned coh_lock_drop_object(struct coh_locktab *lt, uint64_t oid,

@@ -95,7 +95,7 @@ static void accept_clients(struct node *n)
 		struct timeval tv = { .tv_sec = 5 };
 		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 
-		uint8_t *in = s->in, *arena = s->arena;
+		uint8_t *in = s->in, *arena = s->arena, *stage = s->stage;
 		uint32_t gen = s->gen + 1;
 		*s = (struct session){
 			.used = true,
@@ -111,6 +111,7 @@ static void accept_clients(struct node *n)
 			.msg = in + sizeof(struct wire_hdr),
 			.rxfd = -1,
 			.arena = arena,
+			.stage = stage,
 			.opened_ms = now_us() / 1000,
 		};
 		if (ep_add(n, fd, EV_CLIENT, node_sid(n, s)) != 0) {
@@ -363,7 +364,7 @@ static int node_init(struct node *n, char *err, size_t errlen)
 		snprintf(err, errlen, "epoll_ctl: %s", strerror(errno));
 		return -errno;
 	}
-	return 0;
+	return node_cluster_init(n, err, errlen);
 }
 
 static void node_fini(struct node *n)
@@ -384,6 +385,7 @@ static void node_fini(struct node *n)
 		for (uint32_t i = 0; i < n->cfg.objects; i++)
 			if (n->dobjs[i].used)
 				cap_obj_destroy(n->cs, n->dobjs[i].oid);
+	node_cluster_fini(n);
 	cap_space_free(n->cs);
 	coh_lock_free(n->locks);
 	free(n->sessions);
@@ -491,6 +493,9 @@ static void node_run(struct node *n)
 			case EV_CLIENT:
 				if (s->used)
 					client_readable(n, s);
+				break;
+			case EV_PEER:
+				node_cluster_events(n);
 				break;
 			}
 		}

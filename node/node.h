@@ -23,8 +23,10 @@
 #include <sys/types.h>
 
 #include "caps.h"
+#include "coh.h"
 #include "config.h"
 #include "lock.h"
+#include "transport.h"
 #include "wire.h"
 
 #define NODE_NIL UINT32_MAX
@@ -41,7 +43,15 @@ struct dobj {
 	uint8_t *base; /* the daemon's mapping */
 	uint64_t size; /* bytes asked for */
 	uint32_t pages;
-	uint64_t oid;
+	uint64_t oid;  /* in this node's capability space */
+	/* In a cluster: where the object lives. At its home, home == self and
+	 * home_oid == oid; elsewhere this is a proxy whose frames cache the
+	 * pages this node holds. gid names it in the coherence protocol. */
+	uint32_t home;
+	uint64_t home_oid;
+	uint64_t gid;
+	bool coherent;  /* its pages are registered with the coherence node */
+	uint32_t rslot; /* proxy: a live remote slot at the home, for locks */
 };
 
 struct mapping {
@@ -96,6 +106,23 @@ struct session {
 	 * received clears it (no clock read on the request path). */
 	uint64_t opened_ms, stall_ms;
 
+	/* an explicit read or write under coherence, page by page through
+	 * the staging buffer (clustered nodes only) */
+	struct {
+		bool active, write;
+		uint64_t id;      /* the request */
+		uint32_t dobj;    /* index into n->dobjs */
+		uint64_t off, len, done;
+		uint64_t wait_pg; /* page awaited, or UINT64_MAX for any DONE */
+	} op;
+	uint8_t *stage;     /* NODE_STAGE bytes, clustered nodes only */
+
+	/* a request answered by another node */
+	bool remote_wait;
+	uint64_t remote_id;   /* the client's request id */
+	uint32_t remote_node;
+	uint64_t lock_nodes[4]; /* nodes holding this session's locks */
+
 	/* waits */
 	bool lock_waiting;
 	bool recv_waiting;
@@ -111,6 +138,29 @@ struct node_counters {
 	uint64_t locks_granted, locks_waited;
 };
 
+/* A capability imported from another node: its remote slot there and the
+ * root of what this node derived from it, in the daemon's own c-list. */
+struct rimport {
+	bool used;
+	uint32_t home;
+	uint32_t rslot;
+	uint32_t root;  /* slot in n->imports_clist */
+	uint32_t dobj;  /* proxy, for a data object */
+};
+
+/* A page fault waiting for the coherence protocol. */
+struct parked {
+	bool used;
+	uint32_t map;    /* mapping index */
+	uint64_t map_id; /* so a reused mapping record is not mistaken */
+	uint32_t dobj;
+	uint64_t pgno;   /* UINT64_MAX: retry on any DONE */
+	uint64_t addr, flags;
+	uint32_t tid;
+};
+
+#define NODE_STAGE (256u << 10) /* bytes per explicit request, clustered */
+
 struct node {
 	struct node_config cfg;
 	struct cap_space *cs;
@@ -124,10 +174,33 @@ struct node {
 	bool stopping;
 	uint8_t *out;  /* packed replies, WIRE_MSG_MAX */
 	struct node_counters ct;
+
+	/* cluster (cfg.nodes > 1) */
+	bool clustered;
+	struct tp *tp;
+	struct coh_node *coh;
+	uint32_t imports_clist;
+	struct rimport *imports;  /* cfg.sturdy records */
+	uint32_t *peer_clist;     /* per node: what it imported from us */
+	struct parked *parked;    /* cfg.mappings * 4 records */
+	uint32_t nparked;
+	struct { struct coh_page_id pg; int err; uint64_t cookie; } *doneq;
+	uint32_t ndone, doneq_max;
+	struct { uint32_t dobj; uint64_t pgno; } *ring; /* held remote pages */
+	uint32_t ring_head, ring_count, ring_max;
+	uint32_t remote_frames;   /* remote pages held now */
+	const void *rx_payload;   /* the payload of the message in coh_recv */
+	size_t rx_plen;
+	uint8_t *peer_out;        /* packed peer messages */
+	uint64_t peer_ct_in, peer_ct_out, peer_ct_bad;
 };
 
+/* Lock owners: a local session is its index; a session of another node is
+ * NODE_REMOTE_OWNER | node << 16 | session. */
+#define NODE_REMOTE_OWNER 0x80000000u
+
 /* epoll tags */
-enum { EV_LISTEN = 1, EV_SIGNAL = 2, EV_CLIENT = 3, EV_UFFD = 4 };
+enum { EV_LISTEN = 1, EV_SIGNAL = 2, EV_CLIENT = 3, EV_UFFD = 4, EV_PEER = 5 };
 
 /* requests.c */
 void node_on_frame(struct node *n, struct session *s);
@@ -145,6 +218,55 @@ void node_check_mappings(struct node *n);
 void node_pager_events(struct node *n, struct mapping *m);
 /* Write-protects a mapping that lost its capability. */
 void node_pager_revoke(struct node *n, struct session *s, struct mapping *m);
+
+/* cluster.c */
+int node_cluster_init(struct node *n, char *err, size_t errlen);
+void node_cluster_fini(struct node *n);
+void node_cluster_events(struct node *n);
+/* Registers a new object's pages at its home. */
+int node_cluster_object(struct node *n, struct dobj *d);
+/* Before a data object is destroyed: forget its pages. */
+void node_cluster_forget(struct node *n, struct dobj *d);
+/* A fault on a coherent object: resolves it now, or parks it. */
+void node_cluster_fault(struct node *n, struct mapping *m, uint64_t addr,
+                        uint64_t flags, uint32_t tid);
+/* Starts an explicit read or write on a coherent object (the write's
+ * payload is already in s->stage). */
+void node_cluster_rw(struct node *n, struct session *s);
+/* Imports a reference homed elsewhere; the reply comes later. */
+void node_cluster_import(struct node *n, struct session *s, uint64_t id,
+                         const char *ref, uint32_t home);
+/* Lock or unlock on a proxy object, at its home. */
+void node_cluster_lock(struct node *n, struct session *s, uint64_t id,
+                       struct dobj *d, uint64_t off, uint64_t len,
+                       bool excl, bool try_only, bool unlock);
+/* After revocations: tell importers what they lost. */
+void node_cluster_check_exports(struct node *n);
+void node_cluster_session_closed(struct node *n, struct session *s);
+void node_cluster_mapping_freed(struct node *n, struct mapping *m);
+void node_lock_granted(void *ctx, const struct coh_lock_req *r);
+/* Internal to node/: resumes what waited for coherence DONEs; answers a
+ * remote owner's lock grant. */
+void node__drain(struct node *n);
+void node__remote_granted(struct node *n, const struct coh_lock_req *r);
+
+/* requests.c, for cluster.c */
+void node__reply_data(struct node *n, struct session *s, uint64_t id,
+                      const void *payload, uint32_t len);
+void node__reply_slot(struct node *n, struct session *s, uint64_t id,
+                      uint32_t slot);
+/* The proxy of another node's object (found or made). NULL with *rc. */
+struct dobj *node__proxy(struct node *n, uint32_t home, uint64_t home_oid,
+                         uint64_t size, int *rc);
+
+/* pager.c, for the cluster */
+int node_pager_resolve(struct node *n, struct mapping *m, uint64_t addr,
+                       uint64_t flags, bool read_only_page);
+void node_pager_zap_page(struct node *n, struct dobj *d, uint64_t pgno,
+                         bool keep);
+void node_pager_protect_page(struct node *n, struct dobj *d, uint64_t pgno);
+void node_refuse_fault(struct node *n, struct session *s, uint32_t tid,
+                       uint64_t addr, const char *why);
 
 /* capdsmd.c */
 int node_watch_uffd(struct node *n, struct mapping *m);

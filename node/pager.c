@@ -43,21 +43,31 @@ static int wake(int fd, uint64_t addr)
 	return uffd_ioctl(fd, UFFDIO_WAKE, &r);
 }
 
-static int resolve_missing(int fd, uint64_t addr)
+/* The resolving ioctls. `dontwake` leaves the faulting thread asleep so
+ * that a write-protect can follow before it runs (the 6.1 headers have no
+ * UFFDIO_CONTINUE_MODE_WP): continue, protect, then wake. */
+static int resolve_missing(int fd, uint64_t addr, bool dontwake)
 {
 	static uint8_t zeros[PAGE] __attribute__((aligned(PAGE)));
-	struct uffdio_zeropage z = { .range = { .start = addr, .len = PAGE } };
+	struct uffdio_zeropage z = {
+		.range = { .start = addr, .len = PAGE },
+		.mode = dontwake ? UFFDIO_ZEROPAGE_MODE_DONTWAKE : 0,
+	};
 	int rc = uffd_ioctl(fd, UFFDIO_ZEROPAGE, &z);
 
 	if (rc == -EINVAL) {
 		struct uffdio_copy c = {
-			.dst = addr, .src = (uint64_t)(uintptr_t)zeros, .len = PAGE
+			.dst = addr, .src = (uint64_t)(uintptr_t)zeros, .len = PAGE,
+			.mode = dontwake ? UFFDIO_COPY_MODE_DONTWAKE : 0,
 		};
 		rc = uffd_ioctl(fd, UFFDIO_COPY, &c);
 	}
 	if (rc == -EEXIST) {
 		/* Another process put the page in the file meanwhile: map it. */
-		struct uffdio_continue cn = { .range = { .start = addr, .len = PAGE } };
+		struct uffdio_continue cn = {
+			.range = { .start = addr, .len = PAGE },
+			.mode = dontwake ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0,
+		};
 		rc = uffd_ioctl(fd, UFFDIO_CONTINUE, &cn);
 	}
 	return rc;
@@ -79,9 +89,12 @@ static int resolve_missing_private(struct node *n, const struct mapping *m,
 	return uffd_ioctl(m->uffd, UFFDIO_CONTINUE, &cn);
 }
 
-static int resolve_minor(int fd, uint64_t addr)
+static int resolve_minor(int fd, uint64_t addr, bool dontwake)
 {
-	struct uffdio_continue cn = { .range = { .start = addr, .len = PAGE } };
+	struct uffdio_continue cn = {
+		.range = { .start = addr, .len = PAGE },
+		.mode = dontwake ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0,
+	};
 	return uffd_ioctl(fd, UFFDIO_CONTINUE, &cn);
 }
 
@@ -94,8 +107,47 @@ static int write_protect(int fd, uint64_t addr, uint64_t len, bool on)
 	return uffd_ioctl(fd, UFFDIO_WRITEPROTECT, &wp);
 }
 
-static void refuse(struct node *n, struct session *s, uint32_t tid,
-                   uint64_t addr, const char *why)
+/* Maps the faulting page. `read_only_page`: the node holds the page only
+ * for reading, so a writable mapping gets it write-protected (its next
+ * store faults again and becomes an upgrade). */
+int node_pager_resolve(struct node *n, struct mapping *m, uint64_t addr,
+                       uint64_t flags, bool read_only_page)
+{
+	bool protect = read_only_page && (m->rights & CAP_R_WRITE);
+	int rc;
+
+	if (flags & UFFD_PAGEFAULT_FLAG_WP) {
+		n->ct.faults_wp++;
+		rc = write_protect(m->uffd, addr, PAGE, false);
+	} else if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
+		n->ct.faults_minor++;
+		rc = resolve_minor(m->uffd, addr, protect);
+	} else if (m->rights & CAP_R_WRITE) {
+		n->ct.faults_missing++;
+		rc = resolve_missing(m->uffd, addr, protect);
+	} else {
+		/* A read-only mapping is private: fill the page in the object's
+		 * file, then map that shared page read-only. */
+		n->ct.faults_missing++;
+		rc = resolve_missing_private(n, m, addr);
+	}
+	if (rc == -EEXIST) {
+		rc = 0; /* resolved by a racing fault */
+		if (!protect)
+			rc = wake(m->uffd, addr);
+	}
+	if (!rc && protect && !(flags & UFFD_PAGEFAULT_FLAG_WP)) {
+		/* Protecting wakes nobody (only un-protecting does): wake the
+		 * thread ourselves once its page is read-only. */
+		rc = write_protect(m->uffd, addr, PAGE, true);
+		if (!rc)
+			rc = wake(m->uffd, addr);
+	}
+	return rc;
+}
+
+void node_refuse_fault(struct node *n, struct session *s, uint32_t tid,
+                       uint64_t addr, const char *why)
 {
 	n->ct.faults_refused++;
 	log_info("fault refused", "session=%u pid=%d tid=%u addr=0x%" PRIx64
@@ -115,34 +167,25 @@ static void on_fault(struct node *n, struct mapping *m,
 	int rc;
 
 	if (!m->committed || addr < m->addr || addr - m->addr >= m->length)
-		return refuse(n, s, tid, addr, "fault outside the mapping");
+		return node_refuse_fault(n, s, tid, addr, "fault outside the mapping");
 	if (flags & (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP))
 		need |= CAP_R_WRITE;
 	if (need & ~m->rights)
-		return refuse(n, s, tid, addr, "store to a read-only mapping");
+		return node_refuse_fault(n, s, tid, addr, "store to a read-only mapping");
 	if (m->revoked ||
 	    cap_check(n->cs, s->clist, m->slot, CAP_KIND_DATA, need, NULL) != 0) {
 		if (!m->revoked)
 			node_check_mappings(n);
-		return refuse(n, s, tid, addr, "mapping's capability is revoked");
+		return node_refuse_fault(n, s, tid, addr, "mapping's capability is revoked");
 	}
-	if (flags & UFFD_PAGEFAULT_FLAG_WP) {
-		n->ct.faults_wp++;
-		rc = write_protect(m->uffd, addr, PAGE, false);
-	} else if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
-		n->ct.faults_minor++;
-		rc = resolve_minor(m->uffd, addr);
-	} else if (m->rights & CAP_R_WRITE) {
-		n->ct.faults_missing++;
-		rc = resolve_missing(m->uffd, addr);
-	} else {
-		/* A read-only mapping is private: fill the page in the object's
-		 * file, then map that shared page read-only. */
-		n->ct.faults_missing++;
-		rc = resolve_missing_private(n, m, addr);
+	{
+		enum cap_kind kind;
+		void *priv;
+		if (cap_obj_get(n->cs, m->oid, &kind, &priv) == 0 && priv &&
+		    ((struct dobj *)priv)->coherent)
+			return node_cluster_fault(n, m, addr, flags, tid);
 	}
-	if (rc == -EEXIST)
-		rc = wake(m->uffd, addr); /* resolved by a racing fault */
+	rc = node_pager_resolve(n, m, addr, flags, false);
 	if (rc && rc != -ENOENT && rc != -ESRCH)
 		log_warn("fault not resolved", "session=%u addr=0x%" PRIx64
 		         " flags=0x%" PRIx64 " err=\"%s\"", m->session, addr,
@@ -170,8 +213,10 @@ void node_pager_events(struct node *n, struct mapping *m)
 				return;
 		}
 		if ((size_t)r < sizeof msgs)
-			return;
+			break;
 	}
+	/* A fault at the home may have been granted inside coh_acquire. */
+	node__drain(n);
 }
 
 /* Takes the pages of [off, off+len) of an object out of every mapping at
@@ -202,6 +247,37 @@ static void zap_range(const struct dobj *d, uint64_t off, uint64_t len)
 				memcpy(d->base + p, keep, k);
 		}
 		pos = hole;
+	}
+}
+
+/* The coherence protocol took the page away (keep = false: the frame goes
+ * too) or left this node a read-only copy. */
+void node_pager_zap_page(struct node *n, struct dobj *d, uint64_t pgno,
+                         bool keep)
+{
+	(void)n;
+	if (keep)
+		zap_range(d, pgno * PAGE, PAGE);
+	else
+		fallocate(d->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+		          (off_t)(pgno * PAGE), PAGE);
+}
+
+void node_pager_protect_page(struct node *n, struct dobj *d, uint64_t pgno)
+{
+	uint64_t off = pgno * PAGE;
+
+	for (uint32_t i = 0; i < n->cfg.mappings; i++) {
+		struct mapping *m = &n->maps[i];
+		if (!m->used || !m->committed || m->oid != d->oid ||
+		    !(m->rights & CAP_R_WRITE) || m->uffd < 0 || off < m->offset ||
+		    off - m->offset >= m->length)
+			continue;
+		int rc = write_protect(m->uffd, m->addr + (off - m->offset), PAGE,
+		                       true);
+		if (rc && rc != -ENOENT && rc != -ESRCH)
+			log_warn("write-protect failed", "mapping=0x%" PRIx64
+			         " err=\"%s\"", m->id, strerror(-rc));
 	}
 }
 

@@ -90,6 +90,33 @@ static const char *cap_reason(int rc)
 	}
 }
 
+/* Bytes of data per request: explicit access under coherence goes
+ * through the session's staging buffer. */
+static uint32_t max_payload(const struct node *n)
+{
+	return n->clustered && n->cfg.max_payload > NODE_STAGE ? NODE_STAGE
+	                                                       : n->cfg.max_payload;
+}
+
+void node__reply_data(struct node *n, struct session *s, uint64_t id,
+                      const void *payload, uint32_t len)
+{
+	Capdsm__Reply r = CAPDSM__REPLY__INIT;
+
+	r.id = id;
+	node_send_reply(n, s, &r, payload, len, -1);
+}
+
+void node__reply_slot(struct node *n, struct session *s, uint64_t id,
+                      uint32_t slot)
+{
+	Capdsm__Reply r = CAPDSM__REPLY__INIT;
+
+	r.id = id;
+	r.slot = slot;
+	node_send_reply(n, s, &r, NULL, 0, -1);
+}
+
 /* ---- objects ---- */
 
 static struct dobj *dobj_of(struct node *n, uint64_t oid)
@@ -133,6 +160,7 @@ void node_on_destroy(void *ctx, uint64_t oid, enum cap_kind kind, void *priv)
 				         "object destroyed during the write");
 			}
 		}
+		node_cluster_forget(n, d);
 		/* Its memory goes from every mapping, and the file is emptied,
 		 * so even a descriptor kept by a client reaches nothing. */
 		fallocate(d->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
@@ -143,7 +171,8 @@ void node_on_destroy(void *ctx, uint64_t oid, enum cap_kind kind, void *priv)
 		munmap(d->base, (size_t)d->pages * PAGE);
 		close(d->memfd);
 		close(d->rofd);
-		n->frames_used -= d->pages;
+		if (d->home == n->cfg.node_id)
+			n->frames_used -= d->pages;
 		n->nobjs_used--;
 		d->used = false;
 		d->memfd = d->rofd = -1;
@@ -174,6 +203,8 @@ static void mapping_free(struct node *n, struct session *s, struct mapping *m)
 			*p = m->next;
 			break;
 		}
+	if (n->clustered)
+		node_cluster_mapping_freed(n, m);
 	if (m->uffd >= 0) {
 		node_unwatch(n, m->uffd);
 		close(m->uffd);
@@ -202,6 +233,7 @@ static void send_event(struct node *n, struct session *s, int kind,
  * mapped path). */
 void node_check_mappings(struct node *n)
 {
+	node_cluster_check_exports(n);
 	for (uint32_t i = 0; i < n->cfg.mappings; i++) {
 		struct mapping *m = &n->maps[i];
 		struct session *s;
@@ -224,11 +256,15 @@ void node_check_mappings(struct node *n)
 
 /* ---- session life ---- */
 
-static void lock_granted(void *ctx, const struct coh_lock_req *r)
+void node_lock_granted(void *ctx, const struct coh_lock_req *r)
 {
 	struct node *n = ctx;
-	struct session *s = &n->sessions[r->owner];
+	struct session *s;
 	Capdsm__Reply rep = CAPDSM__REPLY__INIT;
+
+	if (r->owner & NODE_REMOTE_OWNER)
+		return node__remote_granted(n, r);
+	s = &n->sessions[r->owner];
 
 	if (!s->used)
 		return;
@@ -246,7 +282,8 @@ static void lock_granted(void *ctx, const struct coh_lock_req *r)
 
 void node_session_release(struct node *n, struct session *s)
 {
-	coh_lock_release_owner(n->locks, node_sid(n, s), lock_granted, n);
+	node_cluster_session_closed(n, s);
+	coh_lock_release_owner(n->locks, node_sid(n, s), node_lock_granted, n);
 	while (s->maps != NODE_NIL)
 		mapping_free(n, s, &n->maps[s->maps]);
 	if (s->proc_oid)
@@ -300,7 +337,7 @@ static void do_hello(struct node *n, struct session *s, uint64_t id,
 	s->hello = true;
 	r->process_slot = s->proc_slot;
 	r->slot = slot;
-	r->size = n->cfg.max_payload; /* the client sizes its frames by it */
+	r->size = max_payload(n); /* the client sizes its frames by it */
 	return send_ok(n, s, r);
 fail:
 	if (s->proc_oid)
@@ -379,8 +416,17 @@ static void do_object_create(struct node *n, struct session *s, uint64_t id,
 	d->size = oc->size;
 	d->pages = (uint32_t)pages;
 	d->oid = oid;
+	d->home = n->cfg.node_id;
+	d->home_oid = oid;
+	d->coherent = false;
 	n->frames_used += d->pages;
 	n->nobjs_used++;
+	rc = node_cluster_object(n, d);
+	if (rc) {
+		cap_obj_destroy(n->cs, oid);
+		return node_send_error(n, s, id, rc, "object create: coherence "
+		                       "page pool full");
+	}
 	rc = cap_mint(n->cs, s->clist, oid, CAP_R_ALL, &r->slot);
 	if (rc) {
 		cap_obj_destroy(n->cs, oid); /* frees d through on_destroy */
@@ -427,6 +473,72 @@ static void do_object_destroy(struct node *n, struct session *s, uint64_t id,
 	send_ok(n, s, r);
 }
 
+/* The local stand-in for another node's object: its file caches the pages
+ * this node holds (frames from the remote_frames pool, taken as pages
+ * arrive), and coherence knows its pages under their global id. One proxy
+ * serves every import of the object; it is charged to the root bank. */
+struct dobj *node__proxy(struct node *n, uint32_t home, uint64_t home_oid,
+                         uint64_t size, int *rc)
+{
+	struct dobj *d = NULL;
+	uint64_t oid, pages = (size + PAGE - 1) / PAGE;
+	char name[48];
+
+	for (uint32_t i = 0; i < n->cfg.objects; i++) {
+		struct dobj *x = &n->dobjs[i];
+		if (x->used && x->home == home && x->home_oid == home_oid)
+			return x;
+		if (!x->used && !d)
+			d = x;
+	}
+	*rc = 0;
+	if (!d || size == 0 || pages > UINT32_MAX) {
+		*rc = d ? -EINVAL : -ENOSPC;
+		return NULL;
+	}
+	*rc = cap_obj_create(n->cs, CAP_KIND_DATA, cap_space_root_bank(n->cs), 0,
+	                     d, &oid);
+	if (*rc)
+		return NULL;
+	snprintf(name, sizeof name, "capdsm-proxy-%u-%" PRIx64, home, home_oid);
+	d->memfd = memfd_create(name, MFD_CLOEXEC);
+	if (d->memfd < 0 || ftruncate(d->memfd, (off_t)(pages * PAGE)) != 0)
+		goto sys_fail;
+	snprintf(name, sizeof name, "/proc/self/fd/%d", d->memfd);
+	d->rofd = open(name, O_RDONLY | O_CLOEXEC);
+	if (d->rofd < 0)
+		goto sys_fail;
+	d->base = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
+	               d->memfd, 0);
+	if (d->base == MAP_FAILED)
+		goto sys_fail;
+	d->used = true;
+	d->size = size;
+	d->pages = (uint32_t)pages;
+	d->oid = oid;
+	d->home = home;
+	d->home_oid = home_oid;
+	d->coherent = false;
+	n->nobjs_used++;
+	/* A proxy reserves no frames of this node's pool: remote pages count
+	 * against pools.remote_frames as they arrive. */
+	*rc = node_cluster_object(n, d);
+	if (*rc) {
+		cap_obj_destroy(n->cs, oid);
+		return NULL;
+	}
+	return d;
+sys_fail:
+	*rc = -errno;
+	if (d->memfd >= 0)
+		close(d->memfd);
+	if (d->rofd >= 0)
+		close(d->rofd);
+	d->memfd = d->rofd = -1;
+	cap_obj_destroy(n->cs, oid);
+	return NULL;
+}
+
 /* A data object capability with `need`, and [off, off+len) inside it. */
 static int check_range(struct node *n, struct session *s, uint32_t slot,
                        uint32_t need, uint64_t off, uint64_t len,
@@ -463,11 +575,20 @@ static void do_read(struct node *n, struct session *s, uint64_t id,
 
 	if (rc)
 		return node_send_error(n, s, id, rc, "read: %s", why);
-	if (rw->length > n->cfg.max_payload)
+	if (rw->length > max_payload(n))
 		return node_send_error(n, s, id, -EMSGSIZE,
 		                       "read: at most %u bytes per request",
-		                       n->cfg.max_payload);
+		                       max_payload(n));
 	n->ct.bytes_read += rw->length;
+	if (d->coherent) {
+		s->op.active = true;
+		s->op.write = false;
+		s->op.id = id;
+		s->op.dobj = (uint32_t)(d - n->dobjs);
+		s->op.off = rw->offset;
+		s->op.len = rw->length;
+		return node_cluster_rw(n, s);
+	}
 	node_send_reply(n, s, r, d->base + rw->offset, (uint32_t)rw->length, -1);
 }
 
@@ -484,6 +605,7 @@ static void begin_write(struct node *n, struct session *s, uint64_t id,
 	s->pl_id = id;
 	s->pl_left = s->hdr.payload_len;
 	s->pl_status = 0;
+	s->op.write = false;
 	if (rw->length != s->hdr.payload_len) {
 		rc = -EPROTO;
 		why = "length differs from the payload";
@@ -495,6 +617,22 @@ static void begin_write(struct node *n, struct session *s, uint64_t id,
 		s->pl_status = rc;
 		snprintf(s->pl_err, sizeof s->pl_err, "write: %s", why);
 		s->rd = RD_DRAIN;
+	} else if (d->coherent && rw->length > max_payload(n)) {
+		s->pl_status = -EMSGSIZE;
+		snprintf(s->pl_err, sizeof s->pl_err,
+		         "write: at most %u bytes per request", max_payload(n));
+		s->rd = RD_DRAIN;
+	} else if (d->coherent) {
+		/* Staged, then written page by page as each is held. */
+		s->op.active = false;
+		s->op.write = true;
+		s->op.id = id;
+		s->op.dobj = (uint32_t)(d - n->dobjs);
+		s->op.off = rw->offset;
+		s->op.len = rw->length;
+		s->pl_oid = d->oid;
+		s->pl_dst = s->stage;
+		s->rd = RD_PAYLOAD;
 	} else {
 		s->pl_oid = d->oid;
 		s->pl_dst = d->base + rw->offset;
@@ -513,6 +651,11 @@ void node_on_payload_done(struct node *n, struct session *s)
 	if (s->pl_status)
 		return node_send_error(n, s, s->pl_id, s->pl_status, "%s",
 		                       s->pl_err);
+	if (n->clustered && s->op.write && s->op.id == s->pl_id &&
+	    s->pl_dst == s->stage + s->op.len) {
+		s->op.active = true;
+		return node_cluster_rw(n, s);
+	}
 	r.id = s->pl_id;
 	send_ok(n, s, &r);
 }
@@ -530,9 +673,12 @@ static void do_lock(struct node *n, struct session *s, uint64_t id,
 		                       unlock ? "unlock" : "lock", why);
 	if (l->length == 0)
 		return node_send_error(n, s, id, -EINVAL, "empty lock range");
+	if (d->home != n->cfg.node_id)
+		return node_cluster_lock(n, s, id, d, l->offset, l->length,
+		                         l->exclusive, l->try_only, unlock);
 	if (unlock) {
 		rc = coh_lock_release(n->locks, node_sid(n, s), d->oid, l->offset,
-		                      l->length, lock_granted, n);
+		                      l->length, node_lock_granted, n);
 		if (rc)
 			return node_send_error(n, s, id, rc,
 			                       "unlock: no lock held on that range");
@@ -703,7 +849,7 @@ static void do_unmap(struct node *n, struct session *s, uint64_t id,
 static void do_stats(struct node *n, struct session *s, Capdsm__Reply *r)
 {
 	struct cap_stats cst;
-	Capdsm__Counter c[40], *cp[40];
+	Capdsm__Counter c[56], *cp[56];
 	size_t k = 0;
 
 	cap_space_stats(n->cs, &cst);
@@ -745,6 +891,25 @@ static void do_stats(struct node *n, struct session *s, Capdsm__Reply *r)
 	C("errors", n->ct.errors);
 	C("bytes_read", n->ct.bytes_read);
 	C("bytes_written", n->ct.bytes_written);
+	if (n->clustered) {
+		struct coh_stats co;
+		struct tp_stats ts;
+		coh_get_stats(n->coh, &co);
+		tp_stats(n->tp, &ts);
+		C("cluster_nodes", n->cfg.nodes);
+		C("remote_frames_used", n->remote_frames);
+		C("remote_frames_max", n->cfg.remote_frames);
+		C("coh_requests", co.requests);
+		C("coh_hits", co.hits);
+		C("coh_msgs_in", co.msgs_in);
+		C("coh_msgs_out", co.msgs_out);
+		C("coh_failed_hostdown", co.failed_hostdown);
+		C("peer_msgs_in", n->peer_ct_in);
+		C("peer_msgs_out", n->peer_ct_out);
+		C("peer_msgs_bad", n->peer_ct_bad);
+		C("peers_down", ts.peers_down);
+		C("peer_auth_failures", ts.auth_failures);
+	}
 #undef C
 	r->n_counters = k;
 	r->counters = cp;
@@ -835,6 +1000,9 @@ static void do_cap(struct node *n, struct session *s, uint64_t id,
 	case CAPDSM__REQUEST__BODY_CAP_IMPORT:
 		what = "import";
 		rc = cap_sturdy_parse(q->cap_import->ref, &ref);
+		if (!rc && ref.node != n->cfg.node_id && n->clustered)
+			return node_cluster_import(n, s, id, q->cap_import->ref,
+			                           ref.node);
 		if (!rc && ref.node != n->cfg.node_id)
 			rc = -EREMOTE;
 		if (!rc)
@@ -1021,6 +1189,20 @@ void node_on_frame(struct node *n, struct session *s)
 	}
 	id = q->id;
 	r.id = id;
+	if (s->op.active || s->remote_wait) {
+		/* One request at a time: the one in progress answers first. */
+		s->pl_id = id;
+		s->pl_left = s->hdr.payload_len;
+		s->pl_status = -EBUSY;
+		snprintf(s->pl_err, sizeof s->pl_err,
+		         "a request of this connection is still in progress");
+		s->rd = RD_DRAIN;
+		if (s->pl_left == 0) {
+			s->rd = RD_HDR;
+			node_on_payload_done(n, s);
+		}
+		goto out;
+	}
 	if (s->rxfd >= 0 && q->body_case != CAPDSM__REQUEST__BODY_MAP_COMMIT) {
 		close(s->rxfd); /* a descriptor nobody asked for */
 		s->rxfd = -1;
