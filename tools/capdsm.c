@@ -31,12 +31,18 @@ struct verb {
 static const struct verb verbs[] = {
 	{ "cluster up", 0,
 	  TOOL_O_DIR | TOOL_O_NODES | TOOL_O_FRAMES | TOOL_O_OBJECTS |
-		  TOOL_O_CLIENTS | TOOL_O_CONFIG_EXTRA,
+		  TOOL_O_CLIENTS | TOOL_O_CONFIG_EXTRA | TOOL_O_TRANSPORT |
+		  TOOL_O_PLAINTEXT | TOOL_O_NETNS | TOOL_O_BASE_PORT,
 	  TOOL_O_DIR | TOOL_O_NODES, tool_cluster_up,
 	  "cluster up --nodes N --dir DIR [--frames F] [--objects O]\n"
-	  "                    [--clients C] [--config-extra FILE]" },
+	  "                    [--clients C] [--config-extra FILE]\n"
+	  "                    [--transport zmq] [--plaintext] [--netns]\n"
+	  "                    [--base-port P]\n"
+	  "          N > 1: a CURVE key per node, every node a peer of each\n"
+	  "          (127.0.0.1 on free ports, or P..P+N-1); --netns: each\n"
+	  "          node in its own network namespace (root)" },
 	{ "cluster status", 0, TOOL_O_DIR, TOOL_O_DIR, tool_cluster_status,
-	  "cluster status --dir DIR" },
+	  "cluster status --dir DIR             (with transport addresses)" },
 	{ "cluster down", 0, TOOL_O_DIR, TOOL_O_DIR, tool_cluster_down,
 	  "cluster down --dir DIR" },
 	{ "object create", 0, NODE_OPTS | TOOL_O_SIZE | TOOL_O_BANK,
@@ -73,6 +79,8 @@ static const struct verb verbs[] = {
 	  "                    [--at X] [--put TEXT] [--print N]\n"
 	  "                    [--wait-change N [--timeout S]]\n"
 	  "          maps the object into this process and uses it as memory" },
+	{ "keygen", 0, 0, 0, tool_keygen,
+	  "keygen                             (a fresh CURVE key pair, Z85)" },
 };
 #define NVERBS (sizeof(verbs) / sizeof(verbs[0]))
 
@@ -108,6 +116,10 @@ static const struct opt_desc opt_descs[] = {
 	{ "print", TOOL_O_PRINT, K_SIZE },
 	{ "wait-change", TOOL_O_WAIT, K_SIZE },
 	{ "timeout", TOOL_O_TIMEOUT, K_COUNT },
+	{ "transport", TOOL_O_TRANSPORT, K_STR },
+	{ "plaintext", TOOL_O_PLAINTEXT, K_FLAG },
+	{ "netns", TOOL_O_NETNS, K_FLAG },
+	{ "base-port", TOOL_O_BASE_PORT, K_COUNT },
 };
 #define NOPTS (sizeof(opt_descs) / sizeof(opt_descs[0]))
 #define OPT_BASE 256
@@ -194,8 +206,9 @@ static void print_usage(FILE *f)
 		fprintf(f, "  capdsm %s\n", verbs[i].synopsis);
 	fputs("  capdsm help                        (this text; also --help)\n"
 	      "\n"
-	      "Every verb but 'cluster' talks to one node of the cluster in DIR\n"
-	      "(--dir DIR, or $CAPDSM_DIR), node 0 unless --node K.\n"
+	      "Every verb but 'cluster' and 'keygen' talks to one node of the\n"
+	      "cluster in DIR (--dir DIR, or $CAPDSM_DIR), node 0 unless\n"
+	      "--node K.\n"
 	      "REF is a sturdy reference as printed by 'object create' and\n"
 	      "'bank create'. Sizes, offsets and lengths take the suffixes\n"
 	      "K, M, G (powers of 1024). Rights: read,write,lock,map,grant or\n"
@@ -329,6 +342,10 @@ static int store_opt(struct tool_args *a, size_t i, const char *s)
 	case TOOL_O_PRINT: a->print = v; break;
 	case TOOL_O_WAIT: a->wait = v; break;
 	case TOOL_O_TIMEOUT: a->timeout = (uint32_t)v; break;
+	case TOOL_O_TRANSPORT: a->transport = s; break;
+	case TOOL_O_PLAINTEXT: a->plaintext = true; break;
+	case TOOL_O_NETNS: a->netns = true; break;
+	case TOOL_O_BASE_PORT: a->base_port = (uint32_t)v; break;
 	default: break;
 	}
 	return 0;
@@ -486,7 +503,7 @@ static int check_args(const struct verb *v, int nverb,
 		if (rc)
 			return rc;
 	}
-	if (!a->dir || !a->dir[0])
+	if ((v->allowed & TOOL_O_DIR) && (!a->dir || !a->dir[0]))
 		return usage_fail(v->name, "--dir must name a directory");
 	return 0;
 }

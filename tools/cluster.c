@@ -6,16 +6,24 @@
  * has since given to another program is never signalled. `cluster up`
  * checks everything it can before it starts a daemon, and stops the daemons
  * it started when any of them fails to answer.
+ *
+ * With more than one node the configs make a cluster: each node has its
+ * own CURVE key pair (the secret in DIR/node<K>/node.key, mode 0600) and
+ * every config lists every node as [peer.K] with its address and public
+ * key. Addresses are 127.0.0.1 with ports found free at `up` time, or with
+ * --netns a namespace per node (netns.c), whose plumbing `down` removes.
  */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -28,7 +36,12 @@
 #define LOG_NAME "capdsmd.log"
 #define PID_NAME "pid"
 #define SOCK_NAME "capdsm.sock"
+#define KEY_NAME "node.key"
+#define NETNS_BASE_PORT 7400 /* each namespace has every port free */
+#define HEARTBEAT_MS 100
+#define DEAD_AFTER_MS 1000
 #define EXTRA_MAX (1u << 20) /* bytes of --config-extra */
+#define CONF_MAX (EXTRA_MAX + (64u << 10)) /* template and extra */
 #define UP_TIMEOUT_MS 15000
 #define DOWN_TIMEOUT_MS 10000
 #define KILL_TIMEOUT_MS 2000
@@ -411,11 +424,46 @@ struct pools {
 	uint32_t frames, objects, clients;
 };
 
-/* Writes node k's capdsmd.conf: the fixed template, then --config-extra. */
-static int write_config(const char *dir, uint32_t k, const struct pools *p,
+/* What `cluster up` writes into the configs, settled before the configs
+ * are written. */
+struct up_plan {
+	uint32_t nodes;
+	struct pools pools;
+	bool plaintext, netns;
+	struct tool_netns ns;                 /* with netns */
+	char host[TOOL_MAX_NODES][16];        /* node K's IPv4 address */
+	uint16_t port[TOOL_MAX_NODES];        /* and its TCP port */
+	char pub[TOOL_MAX_NODES][TOOL_KEY_LEN + 1]; /* its public key */
+};
+
+/* Writes the [cluster] section and one [peer.J] per node (nodes > 1). */
+static void write_cluster(FILE *f, const char *dir, uint32_t k,
+                          const struct up_plan *p)
+{
+	char key[PATH_MAX];
+
+	if (tool_node_path(key, sizeof(key), dir, k, KEY_NAME))
+		key[0] = '\0'; /* cannot happen: the socket path is longer */
+	fprintf(f,
+	        "[cluster]\nnodes = %" PRIu32 "\ntransport = zmq\n"
+	        "secret_key_file = %s\nplaintext = %s\n"
+	        "heartbeat_ms = %d\ndead_after_ms = %d\n",
+	        p->nodes, key, p->plaintext ? "true" : "false", HEARTBEAT_MS,
+	        DEAD_AFTER_MS);
+	for (uint32_t j = 0; j < p->nodes; j++)
+		fprintf(f,
+		        "[peer.%" PRIu32 "]\naddress = tcp://%s:%u\n"
+		        "public_key = %s\n",
+		        j, p->host[j], (unsigned)p->port[j], p->pub[j]);
+}
+
+/* Writes node k's capdsmd.conf: the fixed template, the cluster (if more
+ * than one node), then --config-extra, whose settings win. */
+static int write_config(const char *dir, uint32_t k, const struct up_plan *pl,
                         const char *extra, size_t extra_len)
 {
 	char path[PATH_MAX], node_dir[PATH_MAX], sock[PATH_MAX];
+	const struct pools *p = &pl->pools;
 	char *text = NULL;
 	size_t len = 0;
 	FILE *f;
@@ -437,6 +485,8 @@ static int write_config(const char *dir, uint32_t k, const struct pools *p,
 	        "frames = %" PRIu32 "\n"
 	        "[bank]\nlimit_bytes = 0\nlimit_objects = 0\n",
 	        k, sock, node_dir, p->objects, p->clients, p->frames);
+	if (pl->nodes > 1)
+		write_cluster(f, dir, k, pl);
 	if (extra_len) {
 		fwrite(extra, 1, extra_len, f);
 		if (extra[extra_len - 1] != '\n')
@@ -451,27 +501,122 @@ static int write_config(const char *dir, uint32_t k, const struct pools *p,
 	return rc;
 }
 
+/* ---- reading a config back ---- */
+
+/* Strips blanks at both ends of s in place; returns the new start. */
+static char *trim(char *s)
+{
+	char *end = s + strlen(s);
+
+	while (*s == ' ' || *s == '\t')
+		s++;
+	while (end > s && (end[-1] == ' ' || end[-1] == '\t' ||
+	                   end[-1] == '\r'))
+		*--end = '\0';
+	return s;
+}
+
+/* The last value of `key` in `section` of the ini text (as inih reads it:
+ * later settings win, ';' and '#' start comment lines, " ;" an inline
+ * comment), copied into out. Returns whether it was found. */
+static bool ini_get(const char *text, const char *section, const char *key,
+                    char *out, size_t len)
+{
+	char line[1024], cur[128] = "";
+	bool found = false;
+
+	for (const char *p = text; *p;) {
+		size_t n = strcspn(p, "\n");
+		char *l, *eq, *c;
+
+		if (n < sizeof(line)) {
+			memcpy(line, p, n);
+			line[n] = '\0';
+		} else {
+			line[0] = '\0'; /* longer than any line we wrote */
+		}
+		p += n + (p[n] == '\n');
+		if ((c = strstr(line, " ;")) != NULL)
+			*c = '\0';
+		l = trim(line);
+		if (*l == ';' || *l == '#' || !*l)
+			continue;
+		if (*l == '[') {
+			c = strchr(l, ']');
+			if (c && (size_t)(c - l - 1) < sizeof(cur)) {
+				memcpy(cur, l + 1, (size_t)(c - l - 1));
+				cur[c - l - 1] = '\0';
+			}
+			continue;
+		}
+		eq = l + strcspn(l, "=:");
+		if (!*eq || strcmp(cur, section) != 0)
+			continue;
+		*eq = '\0';
+		if (strcmp(trim(l), key) != 0)
+			continue;
+		snprintf(out, len, "%s", trim(eq + 1));
+		found = true;
+	}
+	return found;
+}
+
+/* Node k's transport address from its config ([peer.<id>] address, id
+ * being its [node] id), or "-" for a lone node or an unreadable config. */
+static void node_address(const char *dir, uint32_t k, char *buf, size_t len)
+{
+	char path[PATH_MAX], id[16], nodes[16], section[32];
+	char *text = NULL;
+	size_t n = 0;
+
+	snprintf(buf, len, "-");
+	if (tool_node_path(path, sizeof(path), dir, k, CONF_NAME) ||
+	    read_small_file(path, CONF_MAX, &text, &n))
+		return;
+	text[n] = '\0';
+	if (ini_get(text, "cluster", "nodes", nodes, sizeof(nodes)) &&
+	    strcmp(nodes, "1") != 0 &&
+	    ini_get(text, "node", "id", id, sizeof(id))) {
+		snprintf(section, sizeof(section), "peer.%s", id);
+		ini_get(text, section, "address", buf, len);
+	}
+	free(text);
+}
+
 /* ---- starting and stopping ---- */
+
+/* How to run a node's daemon: directly, or in its network namespace
+ * through `ip netns exec`, which execs the daemon in the same process, so
+ * the pid recorded is the daemon's. */
+struct launch {
+	const char *daemon;
+	const char *ip;    /* NULL: no namespace */
+	const char *netns; /* the node's namespace, with ip */
+};
 
 /* In the forked child: becomes a session leader with stdin from /dev/null
  * and stdout+stderr into the log, and runs the daemon. Never returns. */
 static void __attribute__((noreturn))
-exec_daemon(const char *daemon, const char *conf, int null_fd, int log_fd)
+exec_daemon(const struct launch *l, const char *conf, int null_fd, int log_fd)
 {
-	char *argv[] = { (char *)daemon, (char *)"--config", (char *)conf,
-		         NULL };
+	char *direct[] = { (char *)l->daemon, (char *)"--config", (char *)conf,
+		           NULL };
+	char *in_ns[] = { (char *)l->ip, (char *)"netns", (char *)"exec",
+		          (char *)l->netns, (char *)l->daemon,
+		          (char *)"--config", (char *)conf, NULL };
+	char **argv = l->ip ? in_ns : direct;
 
 	if (setsid() < 0 || dup2(null_fd, STDIN_FILENO) < 0 ||
 	    dup2(log_fd, STDOUT_FILENO) < 0 || dup2(log_fd, STDERR_FILENO) < 0)
 		_exit(126);
-	execv(daemon, argv);
-	dprintf(STDERR_FILENO, "capdsm: cluster up: exec %s: %s\n", daemon,
+	execv(argv[0], argv);
+	dprintf(STDERR_FILENO, "capdsm: cluster up: exec %s: %s\n", argv[0],
 	        strerror(errno));
 	_exit(127);
 }
 
 /* Starts node k's daemon and records its pid. Returns 0 or -errno. */
-static int start_node(const char *dir, uint32_t k, const char *daemon,
+static int start_node(const char *dir, uint32_t k, const struct launch *l,
                       pid_t *pid)
 {
 	char conf[PATH_MAX], log[PATH_MAX];
@@ -493,7 +638,7 @@ static int start_node(const char *dir, uint32_t k, const char *daemon,
 	if (*pid < 0)
 		rc = -errno;
 	else if (*pid == 0)
-		exec_daemon(daemon, conf, null_fd, log_fd);
+		exec_daemon(l, conf, null_fd, log_fd);
 	else
 		rc = write_pid(dir, k, *pid);
 	close(log_fd);
@@ -613,9 +758,58 @@ static bool sockets_fit(const struct tool_args *a)
 	return socket_fits(abs, a->nodes - 1);
 }
 
+/* Pool sizes for the configs: the defaults, or what the options say. */
+static struct pools up_pools(const struct tool_args *a)
+{
+	return (struct pools){
+		.frames = (a->seen & TOOL_O_FRAMES) ? a->frames : 65536,
+		.objects = (a->seen & TOOL_O_OBJECTS) ? a->objects : 1024,
+		.clients = (a->seen & TOOL_O_CLIENTS) ? a->clients : 64,
+	};
+}
+
+/* The checks of the cluster options; fills the plan's settings. */
+static int up_check_cluster(const struct tool_args *a, struct up_plan *pl)
+{
+	int rc;
+
+	if (a->transport && strcmp(a->transport, "zmq") != 0)
+		return tool_fail(a, "--transport %s: the only transport is zmq",
+		                 a->transport);
+	if (a->nodes == 1 && (a->seen & (TOOL_O_PLAINTEXT | TOOL_O_BASE_PORT)))
+		return tool_fail(a, "--plaintext and --base-port need --nodes "
+		                 "2 or more (a lone node has no peers)");
+	if ((a->seen & TOOL_O_BASE_PORT) &&
+	    (a->base_port < 1 || a->base_port > 65536 - a->nodes))
+		return tool_fail(a, "--base-port %" PRIu32 ": ports %" PRIu32
+		                 " to %" PRIu32 " must lie within 1 to 65535",
+		                 a->base_port, a->base_port,
+		                 a->base_port + a->nodes - 1);
+	if (a->netns && a->nodes > TOOL_NETNS_MAX_NODES)
+		return tool_fail(a, "--netns takes at most %u nodes (one /24)",
+		                 TOOL_NETNS_MAX_NODES);
+	*pl = (struct up_plan){
+		.nodes = a->nodes,
+		.pools = up_pools(a),
+		.plaintext = a->plaintext,
+		.netns = a->netns,
+	};
+	if (!a->netns)
+		return TOOL_EXIT_OK;
+	rc = tool_netns_init(&pl->ns, "/"); /* names come once DIR is known */
+	if (rc == -EPERM)
+		return tool_fail(a, "--netns needs root (it creates network "
+		                 "namespaces)");
+	if (rc)
+		return tool_fail(a, "--netns needs the ip command (iproute2), "
+		                 "found neither in PATH nor in /usr/sbin, /sbin");
+	return TOOL_EXIT_OK;
+}
+
 /* The checks of `cluster up` that need no change on disk. */
-static int up_check(const struct tool_args *a, char *daemon, size_t len,
-                    char **extra, size_t *extra_len)
+static int up_check(const struct tool_args *a, struct up_plan *pl,
+                    char *daemon, size_t len, char **extra,
+                    size_t *extra_len)
 {
 	int rc;
 
@@ -626,6 +820,9 @@ static int up_check(const struct tool_args *a, char *daemon, size_t len,
 	    ((a->seen & TOOL_O_CLIENTS) && a->clients == 0))
 		return tool_fail(a, "--frames, --objects and --clients must "
 		                 "be at least 1");
+	rc = up_check_cluster(a, pl);
+	if (rc)
+		return rc;
 	if (!sockets_fit(a))
 		return tool_fail(a, "socket paths under %s are too long for a "
 		                 "Unix socket; use a shorter --dir", a->dir);
@@ -668,14 +865,82 @@ static int up_check_dir(const struct tool_args *a, struct cluster *cl)
 	return TOOL_EXIT_OK;
 }
 
-/* Pool sizes for the configs: the defaults, or what the options say. */
-static struct pools up_pools(const struct tool_args *a)
+/* Finds n distinct TCP ports free on 127.0.0.1 now, by binding n sockets
+ * to port 0 at once and releasing them; with base, checks that base to
+ * base+n-1 are free instead (*busy: the first that is not). The daemons
+ * bind them a moment later, so a port taken in between makes that daemon
+ * fail with a clear line in its log. Returns 0 or -errno. */
+static int loopback_ports(uint32_t n, uint32_t base, uint16_t *port,
+                          uint32_t *busy)
 {
-	return (struct pools){
-		.frames = (a->seen & TOOL_O_FRAMES) ? a->frames : 65536,
-		.objects = (a->seen & TOOL_O_OBJECTS) ? a->objects : 1024,
-		.clients = (a->seen & TOOL_O_CLIENTS) ? a->clients : 64,
-	};
+	static int fd[TOOL_MAX_NODES];
+	uint32_t opened = 0;
+	int rc = 0, one = 1;
+
+	for (uint32_t k = 0; k < n; k++, opened++) {
+		struct sockaddr_in sa = {
+			.sin_family = AF_INET,
+			.sin_port = htons((uint16_t)(base ? base + k : 0)),
+			.sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+		};
+		socklen_t salen = sizeof(sa);
+
+		fd[k] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd[k] < 0) {
+			rc = -errno;
+			break;
+		}
+		/* As ZeroMQ binds: a port in TIME_WAIT is free to it. */
+		if (base && setsockopt(fd[k], SOL_SOCKET, SO_REUSEADDR, &one,
+		                       sizeof(one)) < 0)
+			rc = -errno;
+		if (rc == 0 && (bind(fd[k], (struct sockaddr *)&sa, salen) < 0 ||
+		                getsockname(fd[k], (struct sockaddr *)&sa,
+		                            &salen) < 0)) {
+			rc = -errno;
+			*busy = base + k;
+		}
+		if (rc) {
+			opened++;
+			break;
+		}
+		port[k] = ntohs(sa.sin_port);
+	}
+	for (uint32_t k = 0; k < opened; k++)
+		close(fd[k]);
+	return rc;
+}
+
+/* Each node's address and port: the namespace addresses with --netns,
+ * else 127.0.0.1 and ports free now. */
+static int up_addresses(const struct tool_args *a, const struct cluster *cl,
+                        struct up_plan *pl)
+{
+	uint32_t busy = 0;
+	int rc;
+
+	if (pl->nodes == 1)
+		return TOOL_EXIT_OK;
+	if (pl->netns) {
+		for (uint32_t k = 0; k < pl->nodes; k++) {
+			tool_netns_addr(&pl->ns, k, pl->host[k]);
+			pl->port[k] = (uint16_t)(((a->seen & TOOL_O_BASE_PORT)
+			                                  ? a->base_port
+			                                  : NETNS_BASE_PORT) + k);
+		}
+		return TOOL_EXIT_OK;
+	}
+	rc = loopback_ports(pl->nodes,
+	                    (a->seen & TOOL_O_BASE_PORT) ? a->base_port : 0,
+	                    pl->port, &busy);
+	if (rc && busy)
+		return tool_fail_rc(a, NULL, rc, "port %" PRIu32 " on 127.0.0.1",
+		                    busy);
+	if (rc)
+		return tool_fail_rc(a, NULL, rc, "find free ports on 127.0.0.1");
+	for (uint32_t k = 0; k < pl->nodes; k++)
+		snprintf(pl->host[k], sizeof(pl->host[k]), "127.0.0.1");
+	return TOOL_EXIT_OK;
 }
 
 /* Removes what a stopped node left behind: its pid file and socket. */
@@ -689,9 +954,25 @@ static int clear_node(const char *dir, uint32_t k)
 	return rc ? rc : unlink_quiet(sock);
 }
 
-/* Makes node k's directory and config. */
-static int prepare_node(const char *dir, uint32_t k, const struct pools *p,
-                        const char *extra, size_t extra_len)
+/* Node k's fresh key pair: the secret into its key file, the public key
+ * into pub. Returns 0 or -errno. */
+static int make_key(const char *dir, uint32_t k,
+                    char pub[TOOL_KEY_LEN + 1])
+{
+	char path[PATH_MAX], sec[TOOL_KEY_LEN + 1];
+	int rc = tool_node_path(path, sizeof(path), dir, k, KEY_NAME);
+
+	if (rc == 0)
+		rc = tool_keypair(pub, sec);
+	if (rc == 0)
+		rc = tool_write_secret(path, sec);
+	explicit_bzero(sec, sizeof(sec));
+	return rc;
+}
+
+/* Makes node k's directory and, in a cluster, its key (a lone node has
+ * none: an old one is removed). */
+static int prepare_node(const char *dir, uint32_t k, struct up_plan *pl)
 {
 	char path[PATH_MAX];
 	int rc = tool_node_path(path, sizeof(path), dir, k, NULL);
@@ -700,36 +981,54 @@ static int prepare_node(const char *dir, uint32_t k, const struct pools *p,
 		rc = -errno;
 	if (rc == 0)
 		rc = clear_node(dir, k);
-	return rc ? rc : write_config(dir, k, p, extra, extra_len);
+	if (rc == 0 && pl->nodes > 1)
+		return make_key(dir, k, pl->pub[k]);
+	if (rc == 0)
+		rc = tool_node_path(path, sizeof(path), dir, k, KEY_NAME);
+	return rc ? rc : unlink_quiet(path);
 }
 
 /* Takes node k of an earlier, larger cluster out of this one by removing
- * its config (status lists nodes by config); its log and data stay. */
+ * its config (status lists nodes by config) and key; its log and data
+ * stay. */
 static int retire_node(const char *dir, uint32_t k)
 {
-	char conf[PATH_MAX];
+	char conf[PATH_MAX], key[PATH_MAX];
 	int rc = clear_node(dir, k);
 
 	if (rc == 0)
 		rc = tool_node_path(conf, sizeof(conf), dir, k, CONF_NAME);
+	if (rc == 0)
+		rc = tool_node_path(key, sizeof(key), dir, k, KEY_NAME);
+	if (rc == 0)
+		rc = unlink_quiet(key);
 	return rc ? rc : unlink_quiet(conf);
 }
 
-/* Prepares nodes 0..N-1 and retires the nodes of cl numbered N or more. */
+/* Prepares nodes 0..N-1 (keys first: every config lists every public
+ * key) and retires the nodes of cl numbered N or more. */
 static int up_prepare(const struct tool_args *a, const struct cluster *cl,
-                      const char *extra, size_t extra_len)
+                      struct up_plan *pl, const char *extra,
+                      size_t extra_len)
 {
-	const struct pools p = up_pools(a);
 	int rc;
 
-	for (uint32_t k = 0; k < a->nodes; k++) {
-		rc = prepare_node(cl->dir, k, &p, extra, extra_len);
+	for (uint32_t k = 0; k < pl->nodes; k++) {
+		rc = prepare_node(cl->dir, k, pl);
+		if (rc == -ENOTSUP)
+			return tool_fail(a, "this libzmq has no CURVE support");
 		if (rc)
 			return tool_fail_rc(a, NULL, rc, "prepare node %" PRIu32,
 			                    k);
 	}
+	for (uint32_t k = 0; k < pl->nodes; k++) {
+		rc = write_config(cl->dir, k, pl, extra, extra_len);
+		if (rc)
+			return tool_fail_rc(a, NULL, rc, "config of node %" PRIu32,
+			                    k);
+	}
 	for (uint32_t i = 0; i < cl->n; i++) {
-		if (cl->k[i] < a->nodes)
+		if (cl->k[i] < pl->nodes)
 			continue;
 		rc = retire_node(cl->dir, cl->k[i]);
 		if (rc)
@@ -739,30 +1038,71 @@ static int up_prepare(const struct tool_args *a, const struct cluster *cl,
 	return TOOL_EXIT_OK;
 }
 
+/* Removes the namespaces an earlier cluster in this directory left
+ * (nothing of it runs: up_check_dir said so). */
+static int up_clear_netns(const struct tool_args *a, const struct cluster *cl)
+{
+	char err[512];
+
+	if (tool_netns_teardown(cl->dir, err, sizeof(err)))
+		return tool_fail(a, "remove the namespaces of the cluster that "
+		                 "ran here before: %s", err);
+	return TOOL_EXIT_OK;
+}
+
+/* Makes the namespaces for --netns, named after the directory. */
+static int up_netns(const struct tool_args *a, const struct cluster *cl,
+                    struct up_plan *pl)
+{
+	char err[512];
+
+	if (!pl->netns)
+		return TOOL_EXIT_OK;
+	if (tool_netns_create(&pl->ns, cl->dir, pl->nodes, err, sizeof(err)))
+		return tool_fail(a, "%s", err);
+	return TOOL_EXIT_OK;
+}
+
 int tool_cluster_up(const struct tool_args *a)
 {
 	static struct cluster cl; /* large; one per process */
-	char daemon[PATH_MAX];
+	static struct up_plan plan;
+	char daemon[PATH_MAX], netns[TOOL_NETNS_NAME_MAX], err[512];
+	struct launch l = { .daemon = daemon };
 	char *extra = NULL;
 	size_t extra_len = 0;
 	int64_t deadline;
 	int status, rc;
 
-	status = up_check(a, daemon, sizeof(daemon), &extra, &extra_len);
+	status = up_check(a, &plan, daemon, sizeof(daemon), &extra,
+	                  &extra_len);
 	if (status == 0)
 		status = cluster_dir(a, &cl, true);
+	if (status == 0 && plan.netns) /* names from the real directory */
+		tool_netns_init(&plan.ns, cl.dir);
 	if (status == 0)
 		status = up_check_dir(a, &cl);
 	if (status == 0)
-		status = up_prepare(a, &cl, extra, extra_len);
+		status = up_clear_netns(a, &cl);
+	if (status == 0)
+		status = up_addresses(a, &cl, &plan);
+	if (status == 0)
+		status = up_prepare(a, &cl, &plan, extra, extra_len);
 	free(extra);
+	if (status == 0)
+		status = up_netns(a, &cl, &plan);
 	if (status)
 		return status;
 	cl.n = 0;
 	for (uint32_t k = 0; k < a->nodes; k++) {
+		if (plan.netns) {
+			tool_netns_name(&plan.ns, k, netns);
+			l.ip = plan.ns.ip;
+			l.netns = netns;
+		}
 		cl.k[cl.n] = k;
 		cl.pid[cl.n] = 0;
-		rc = start_node(cl.dir, k, daemon, &cl.pid[cl.n]);
+		rc = start_node(cl.dir, k, &l, &cl.pid[cl.n]);
 		if (cl.pid[cl.n] > 0)
 			cl.n++;
 		if (rc) {
@@ -780,6 +1120,8 @@ int tool_cluster_up(const struct tool_args *a)
 	return TOOL_EXIT_OK;
 err:
 	stop_children(&cl);
+	if (plan.netns && tool_netns_teardown(cl.dir, err, sizeof(err)))
+		tool_fail(a, "and could not undo --netns: %s", err);
 	return status;
 }
 
@@ -819,7 +1161,8 @@ static void add_counter(const char *name, uint64_t value, void *arg)
 static bool print_node(const struct cluster *cl, uint32_t i)
 {
 	struct counter_line counters = { .len = 0 };
-	char sock[PATH_MAX], pid[16] = "-";
+	char sock[PATH_MAX], pid[16] = "-", addr[160];
+	char netns[7 + TOOL_NETNS_NAME_MAX] = "";
 	struct capdsm *c = NULL;
 	int rc = -ESRCH;
 
@@ -839,8 +1182,12 @@ static bool print_node(const struct cluster *cl, uint32_t i)
 		counters.len = strlen(counters.text);
 	}
 	counters.text[counters.len] = '\0';
-	printf("node %" PRIu32 " pid %s %s socket %s%s\n", cl->k[i], pid,
-	       rc == 0 ? "up" : "down", sock, counters.text);
+	node_address(cl->dir, cl->k[i], addr, sizeof(addr));
+	if (tool_netns_node(cl->dir, cl->k[i], netns + 7))
+		memcpy(netns, " netns ", 7);
+	printf("node %" PRIu32 " pid %s %s socket %s address %s%s%s\n",
+	       cl->k[i], pid, rc == 0 ? "up" : "down", sock, addr, netns,
+	       counters.text);
 	return rc == 0;
 }
 
@@ -893,6 +1240,7 @@ static uint32_t signal_and_wait(struct cluster *cl, int sig, int64_t ms)
 int tool_cluster_down(const struct tool_args *a)
 {
 	static struct cluster cl;
+	char err[512];
 	uint32_t running = 0;
 	int status = TOOL_EXIT_OK, rc;
 
@@ -923,5 +1271,9 @@ int tool_cluster_down(const struct tool_args *a)
 			status = tool_fail_rc(a, NULL, rc, "clean node %" PRIu32,
 			                      cl.k[i]);
 	}
+	/* Then the namespaces, once the daemons in them are gone. */
+	if (tool_netns_teardown(cl.dir, err, sizeof(err)) &&
+	    status == TOOL_EXIT_OK)
+		status = tool_fail(a, "%s", err);
 	return status;
 }

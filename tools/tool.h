@@ -8,6 +8,7 @@
 #ifndef CAPDSM_TOOL_H
 #define CAPDSM_TOOL_H
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -46,6 +47,10 @@ enum tool_opt {
 	TOOL_O_PRINT = 1u << 18,
 	TOOL_O_WAIT = 1u << 19,
 	TOOL_O_TIMEOUT = 1u << 20,
+	TOOL_O_TRANSPORT = 1u << 21,
+	TOOL_O_PLAINTEXT = 1u << 22,
+	TOOL_O_NETNS = 1u << 23,
+	TOOL_O_BASE_PORT = 1u << 24,
 };
 
 /* One command line, checked: every option the verb may take is parsed and
@@ -59,6 +64,10 @@ struct tool_args {
 	uint32_t nodes;     /* cluster up */
 	uint32_t frames, objects, clients; /* cluster up pool overrides */
 	const char *config_extra;
+	const char *transport; /* --transport, "zmq" (the only one) */
+	bool plaintext;        /* --plaintext: no CURVE (benchmarks) */
+	bool netns;            /* --netns: a network namespace per node */
+	uint32_t base_port;    /* --base-port P: node K listens on P+K */
 	uint64_t size, offset, length;
 	uint64_t limit_bytes, limit_objects;
 	uint32_t rights;
@@ -120,5 +129,58 @@ int tool_map(const struct tool_args *a);
 int tool_cluster_up(const struct tool_args *a);
 int tool_cluster_status(const struct tool_args *a);
 int tool_cluster_down(const struct tool_args *a);
+
+/* ---- keys.c: CURVE keys ---- */
+
+#define TOOL_KEY_LEN 40u /* a CURVE key in Z85, without the NUL */
+
+/* Prints a fresh key pair for operators: the `keygen` verb. */
+int tool_keygen(const struct tool_args *a);
+/* A fresh CURVE key pair in Z85 (tp_keypair). Returns 0 or -errno. */
+int tool_keypair(char pub[TOOL_KEY_LEN + 1], char sec[TOOL_KEY_LEN + 1]);
+/* Writes sec and a newline to path, a file this call creates with mode
+ * 0600 (O_CREAT|O_EXCL: an existing file, or a symbolic link, is
+ * replaced by unlinking it first, never written through). Returns 0 or
+ * -errno; on failure no file is left. */
+int tool_write_secret(const char *path, const char sec[TOOL_KEY_LEN + 1]);
+
+/* ---- netns.c: a network namespace per node (cluster up --netns) ---- *
+ *
+ * Names: node K runs in namespace "<prefix>-K", the bridge "capdsm-br" in
+ * "<prefix>-br", prefix "capdsm-<6 hex digits of a hash of DIR>". Node K's
+ * veth is "capdsm0" in its namespace, "node<K>" on the bridge; its address
+ * 10.213.<subnet>.<K+1>/24. Nothing is created in the root namespace but
+ * the namespaces themselves. DIR/netns records what was made, line by line
+ * as it is made, so that teardown removes exactly that. */
+
+#define TOOL_NETNS_MAX_NODES 253u /* addresses .1 to .253 of one /24 */
+#define TOOL_NETNS_NAME_MAX 32u
+
+struct tool_netns {
+	char ip[PATH_MAX];                /* the ip command (iproute2) */
+	char prefix[16];                  /* "capdsm-1a2b3c" */
+	unsigned subnet;                  /* x of 10.213.x.0/24 */
+};
+
+/* Derives the names for the cluster in dir (absolute) and finds `ip`.
+ * Returns 0, -EPERM (not root) or -ENOENT (no ip command). */
+int tool_netns_init(struct tool_netns *ns, const char *dir);
+/* Node k's namespace name into buf (TOOL_NETNS_NAME_MAX bytes). */
+void tool_netns_name(const struct tool_netns *ns, uint32_t k, char *buf);
+/* Node k's IPv4 address ("10.213.x.y") into buf (16 bytes). */
+void tool_netns_addr(const struct tool_netns *ns, uint32_t k, char *buf);
+/* Creates the namespaces of nodes 0..n-1, their bridge and veths, and
+ * records them in dir/netns. Refuses (-EEXIST) before creating anything if
+ * one of the names exists. On failure, undoes what it made. Returns 0 or
+ * a negative errno, with one line in err. */
+int tool_netns_create(const struct tool_netns *ns, const char *dir,
+                      uint32_t n, char *err, size_t errlen);
+/* Removes what dir/netns records (links, then namespaces, newest first),
+ * then the record. Nothing recorded is 0; what is already gone is not an
+ * error. Returns 0 or a negative errno, with one line in err. */
+int tool_netns_teardown(const char *dir, char *err, size_t errlen);
+/* The namespace dir/netns records for node k, into name
+ * (TOOL_NETNS_NAME_MAX bytes); false when there is none. */
+bool tool_netns_node(const char *dir, uint32_t k, char *name);
 
 #endif /* CAPDSM_TOOL_H */
