@@ -896,7 +896,11 @@ static void do_stats(struct node *n, struct session *s, Capdsm__Reply *r)
 		struct tp_stats ts;
 		coh_get_stats(n->coh, &co);
 		tp_stats(n->tp, &ts);
+		uint32_t up = 0;
+		for (uint32_t p = 0; p < n->cfg.nodes; p++)
+			up += p != n->cfg.node_id && tp_peer_alive(n->tp, p);
 		C("cluster_nodes", n->cfg.nodes);
+		C("peers_up", up);
 		C("remote_frames_used", n->remote_frames);
 		C("remote_frames_max", n->cfg.remote_frames);
 		C("coh_requests", co.requests);

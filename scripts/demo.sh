@@ -4,7 +4,7 @@
 # Usage: scripts/demo.sh [--nodes N] [--workers P] [--size N] [--iters K]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-nodes=2 workers=4 size=512 iters=200
+nodes=3 workers=4 size=512 iters=100
 while [ $# -gt 0 ]; do
   case $1 in
     --nodes) nodes=$2; shift 2 ;;
@@ -41,6 +41,13 @@ echo "sturdy reference: $ref"
 printf 'hello from capdsm\n' | capdsm write "$ref" --offset 0
 capdsm read "$ref" --offset 0 --length 18
 capdsm cap show "$ref"
+
+if [ "$nodes" -gt 1 ]; then
+  step "the same object from other nodes: written on node $((nodes-1)), read on node 1"
+  printf 'written on the last node\n' | capdsm write "$ref" --offset 8192 --node $((nodes-1))
+  capdsm read "$ref" --offset 8192 --length 25 --node 1
+  capdsm read "$ref" --offset 8192 --length 25 --node 0
+fi
 
 step "map it into two programs: a store in one is seen by the other"
 capdsm map "$ref" --at 4096 --wait-change 11 --timeout 20 > "$CAPDSM_DIR/seen" &
@@ -80,8 +87,10 @@ expect_fail capdsm object destroy "$(capdsm cap restrict "$tmp" --rights read,wr
 capdsm object destroy "$tmp"
 expect_fail capdsm read "$tmp" --length 1
 
-step "the workload: a Jacobi solve on a grid mapped into $workers processes"
-"$bin/demo/capdsm-jacobi" --socket "$CAPDSM_DIR/node0/capdsm.sock" \
+step "the workload: a Jacobi solve on a grid mapped into $workers processes on $nodes node(s)"
+socks=()
+for ((k = 0; k < nodes; k++)); do socks+=(--socket "$CAPDSM_DIR/node$k/capdsm.sock"); done
+"$bin/demo/capdsm-jacobi" "${socks[@]}" \
   --workers "$workers" --size "$size" --iters "$iters"
 
 step "the node's counters"

@@ -698,8 +698,24 @@ static void describe_exit(int status, char *buf, size_t len)
 		snprintf(buf, len, "exited with status %d", WEXITSTATUS(status));
 }
 
-/* Waits until node i of cl answers on its socket, it exits, or the
- * deadline passes. Returns an exit status. */
+struct peer_count {
+	uint64_t up;
+	bool seen;
+};
+
+static void count_peers(const char *name, uint64_t value, void *arg)
+{
+	struct peer_count *pc = arg;
+
+	if (strcmp(name, "peers_up") == 0) {
+		pc->up = value;
+		pc->seen = true;
+	}
+}
+
+/* Waits until node i of cl answers on its socket (and, in a cluster,
+ * reaches all its peers), it exits, or the deadline passes. Returns an
+ * exit status. */
 static int wait_node(const struct tool_args *a, const struct cluster *cl,
                      uint32_t i, int64_t deadline)
 {
@@ -719,8 +735,14 @@ static int wait_node(const struct tool_args *a, const struct cluster *cl,
 		}
 		rc = capdsm_connect(sock, NULL, &c);
 		if (rc == 0) {
+			/* In a cluster, "answers" also means it reaches every
+			 * peer: the cluster is up once it can share objects. */
+			struct peer_count pc = { 0, false };
+			rc = capdsm_stats(c, count_peers, &pc);
 			capdsm_close(c);
-			return TOOL_EXIT_OK;
+			if (rc == 0 && (!pc.seen || pc.up + 1 >= cl->n))
+				return TOOL_EXIT_OK;
+			rc = rc ? rc : -ENOTCONN;
 		}
 		if (now_ms() >= deadline) {
 			last_log_line(cl->dir, k, line, sizeof(line));
