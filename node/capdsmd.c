@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <grp.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -467,6 +468,8 @@ static void node_run(struct node *n)
 		}
 		if (k > 0 && n->cfg.poll_us)
 			last = now_us();
+		else if (k == 0 && timeout == 0)
+			sched_yield(); /* spinning: let a peer's I/O thread run */
 		for (int i = 0; i < k; i++) {
 			uint32_t type = (uint32_t)(evs[i].data.u64 >> 32);
 			uint32_t idx = (uint32_t)evs[i].data.u64;
