@@ -202,4 +202,92 @@ int th_raw_hello(int fd, uint64_t id, uint32_t *process_slot);
  * Returns 0 once closed, -ETIMEDOUT if it stays open. */
 int th_raw_wait_closed(int fd, int timeout_ms);
 
+/* ---- a cluster of daemons (cluster.c) ---- */
+
+/* N capdsmd daemons on 127.0.0.1, each with its own CURVE key pair, in one
+ * mkdtemp folder (node<K>/: capdsmd.ini, node.key, capdsm.sock,
+ * capdsmd.log). Unlike th_daemon_start's daemons they are not registered
+ * for th_cleanup_all(); they die with the test process (death signal) and
+ * a janitor process removes the folder if th_cluster_stop never runs. */
+#define TH_CLUSTER_MAX 8
+#define TH_KEY_LEN 40 /* a CURVE key in Z85 */
+
+struct th_cluster_opts {
+	uint32_t heartbeat_ms;  /* 0: 50 */
+	uint32_t dead_after_ms; /* 0: 500 */
+	uint32_t poll_us;       /* node.poll_us; 0: the daemon's default */
+	bool plaintext;         /* cluster.plaintext = true (no CURVE) */
+	const char *log_level;  /* NULL: "info" */
+	const struct th_config *pools; /* NULL: TH_CONFIG_DEFAULT */
+	const char *extra;      /* appended to every config (later wins) */
+	/* Bit k set: node k's config names a key file that does not exist.
+	 * th_cluster_start does not start it (see th_cluster_start_node). */
+	uint32_t no_key;
+	/* Bit k set: node k's key file holds a secret that is not the one of
+	 * the public key its own config lists for it. Not started either. */
+	uint32_t mismatched_key;
+	/* Bit k set: node k runs with a key pair the other nodes do not know
+	 * (its own config lists its new public key; theirs the member one).
+	 * It starts, but th_cluster_start does not wait for it to be reached. */
+	uint32_t foreign_key;
+};
+
+struct th_cluster {
+	unsigned n;
+	char dir[64];
+	struct th_daemon node[TH_CLUSTER_MAX]; /* pid 0 when not running */
+	uint16_t port[TH_CLUSTER_MAX];
+	char pub[TH_CLUSTER_MAX][TH_KEY_LEN + 1];     /* member public keys */
+	char sec[TH_CLUSTER_MAX][TH_KEY_LEN + 1];     /* and their secrets */
+	char own_pub[TH_CLUSTER_MAX][TH_KEY_LEN + 1]; /* what node k uses */
+	char key_file[TH_CLUSTER_MAX][128];
+	/* wait status of node k's last exit (-1: none yet) */
+	int status[TH_CLUSTER_MAX];
+	uint32_t killed; /* bit k: th_cluster_kill(c, k) was called */
+	struct th_cluster_opts opts;
+	pid_t janitor;
+	int janitor_fd;
+};
+
+/* Makes the folder, the key pairs (tp_keypair) and free loopback ports
+ * (bound at port 0), writes every config, starts every node not held back
+ * by the options, waits until each listens and then until every pair of
+ * them (foreign-key nodes left out) can reach each other: an import
+ * through node j of a made-up reference naming node k stops failing with
+ * -EHOSTDOWN — at most 10 s in all. On failure everything is undone and
+ * the logs printed. */
+int th_cluster_start(struct th_cluster *c, unsigned nodes,
+                     const struct th_cluster_opts *o);
+/* Starts node k (held back, killed or exited) and waits until it listens.
+ * Returns 0; -ECHILD if it exited (wait status in c->status[k], reason in
+ * its log); -ETIMEDOUT (then killed). Its log is appended to. */
+int th_cluster_start_node(struct th_cluster *c, unsigned k);
+/* SIGTERM to every running node; each must exit 0 within 5 s and remove
+ * its socket (as th_daemon_stop). Nodes the test killed or that exited at
+ * start are not checked. Removes the folder. Returns 0 or -1. Safe to call
+ * twice. */
+int th_cluster_stop(struct th_cluster *c);
+/* SIGKILL to node k, reaped; its folder (and log) stay. */
+int th_cluster_kill(struct th_cluster *c, unsigned k);
+/* True while node k's process runs (reaps it, and records why, if not). */
+bool th_cluster_alive(struct th_cluster *c, unsigned k);
+/* Node k's socket path. */
+static inline const char *th_cluster_sock(const struct th_cluster *c,
+                                          unsigned k)
+{
+	return c->node[k].sock;
+}
+/* Whether node j reaches node k now: 0 if an import through j of a
+ * made-up reference naming k was answered by k, -EHOSTDOWN (or
+ * -ENOTCONN) if not, another error if node j does not answer. */
+int th_cluster_reachable(const struct th_cluster *c, unsigned j, unsigned k);
+/* Waits until every ordered pair of nodes in `mask` is reachable. */
+int th_cluster_wait_peers(const struct th_cluster *c, uint32_t mask,
+                          int timeout_ms);
+/* Waits until node j reports node k down (-EHOSTDOWN). */
+int th_cluster_wait_down(const struct th_cluster *c, unsigned j, unsigned k,
+                         int timeout_ms);
+/* Prints the tail of every node's log on stderr. */
+void th_cluster_dump_logs(const struct th_cluster *c);
+
 #endif /* CAPDSM_TESTLIB_H */
