@@ -418,10 +418,15 @@ void node_cluster_forget(struct node *n, struct dobj *d)
 
 	if (!n->clustered || !d->coherent)
 		return;
-	for (uint64_t p = 0; p < d->pages; p++)
-		if (coh_page_remove(n->coh, (struct coh_page_id){ d->gid, p }) ==
-		    -EBUSY)
+	for (uint64_t p = 0; p < d->pages; p++) {
+		struct coh_page_id pg = { d->gid, p };
+		/* A proxy gives its copies back first (a WRITE copy is written
+		 * back to the home, which still has the object). */
+		if (d->home != n->cfg.node_id)
+			coh_evict(n->coh, pg);
+		if (coh_page_remove(n->coh, pg) == -EBUSY)
 			busy++;
+	}
 	if (busy)
 		log_warn("object pages still in use by other nodes", "gid=0x%"
 		         PRIx64 " pages=%u", d->gid, busy);
@@ -599,6 +604,13 @@ static void on_revoked(struct node *n, uint32_t from,
 			cap_drop(n->cs, n->imports_clist, ri->root);
 			ri->used = false;
 			any = true;
+			/* The last import of an object takes its proxy along. */
+			bool more = false;
+			for (uint32_t j = 0; j < n->cfg.sturdy; j++)
+				more |= n->imports[j].used && n->imports[j].dobj == ri->dobj;
+			struct dobj *d = dobj_at(n, ri->dobj);
+			if (!more && d && d->home == from)
+				cap_obj_destroy(n->cs, d->oid);
 		}
 	if (any)
 		node_check_mappings(n);
