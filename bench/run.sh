@@ -5,7 +5,11 @@
 # one busy-polling (poll_us = 200) — both pinned to the "server" CPU, runs
 # each benchmark program (each measures its figure and its limit in the same
 # run, interleaved), stops the daemons, writes every result as one JSON
-# object per line to --out and prints a table.
+# object per line to --out and prints a table. Then starts a 4-node cluster
+# of its own (`capdsm cluster up`, CURVE, pinned the same way), runs
+# bench_remote on it (with OpenMPI's MPI_Get beside it when bench/mpi_get
+# was built), and stops it: busy-polling, and without --quick once more
+# blocking.
 #
 # Placement: a wake-up on these machines costs ~15 us when the woken thread
 # runs on the waker's core and ~100+ us when a halted vCPU must be woken, and
@@ -18,7 +22,7 @@
 #
 # usage: bench/run.sh [--quick] [--out FILE] [--build-dir DIR] [--no-build]
 #                     [--strict]
-#   --quick      fewer and shorter runs, for CI (under ~30 s)
+#   --quick      fewer and shorter runs, for CI (under a minute)
 #   --out FILE   JSON lines (default bench/results/latest.jsonl)
 #   --build-dir  the CMake build directory (default ./build of the repo)
 #   --no-build   use the binaries already built there
@@ -51,14 +55,18 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-benches=(bench_mapped bench_fault bench_rw bench_lock)
+benches=(bench_mapped bench_fault bench_rw bench_lock bench_remote)
 if [ $do_build -eq 1 ]; then
   if [ ! -f "$build/CMakeCache.txt" ]; then
     cmake -S "$root" -B "$build" >/dev/null
   fi
-  cmake --build "$build" -j2 --target capdsmd "${benches[@]}" >/dev/null
+  cmake --build "$build" -j2 --target capdsmd capdsm "${benches[@]}" >/dev/null
+  # mpi_get exists only where CMake found MPI.
+  cmake --build "$build" -j2 --target mpi_get >/dev/null 2>&1 || true
 fi
 daemon=$build/node/capdsmd
+tool=$build/tools/capdsm
+[ -x "$tool" ] || { echo "run.sh: $tool not built" >&2; exit 1; }
 for b in "${benches[@]}"; do
   [ -x "$build/bench/$b" ] || { echo "run.sh: $build/bench/$b not built" >&2; exit 1; }
 done
@@ -80,8 +88,14 @@ fi
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/capdsm-bench.XXXXXX")
 daemon_pids=()
+cluster_dir=
 cleanup() {
   local pid
+  # Our own cluster only: `cluster down` signals the pids its directory
+  # names, after checking they are that directory's daemons.
+  if [ -n "$cluster_dir" ]; then
+    "$tool" cluster down --dir "$cluster_dir" >/dev/null 2>&1 || true
+  fi
   for pid in "${daemon_pids[@]}"; do
     kill "$pid" 2>/dev/null || true
   done
@@ -183,6 +197,41 @@ if [ $split -eq 1 ]; then
   run "4b. lock/unlock vs raw AF_UNIX round trip, split cores" bench_lock \
     --socket "$bsock" "${splitc[@]}" "${split_lock[@]}" "${q[@]}"
 fi
+# 5. Remote operations on a cluster of 4 daemons of our own, CURVE on (as
+# deployed), all pinned to the server CPU like the daemons above, the client
+# on the other CPU: busy-polling (poll_us = 200), and without --quick also
+# blocking (poll_us = 0, the daemon's default). Frames: every run creates
+# fresh objects, and a node keeps the coherence records of a destroyed
+# object's pages that another node held at the time (seen with this
+# daemon): the default pool would fill before the end.
+mpi=()
+if [ -x "$build/bench/mpi_get" ] && command -v mpirun >/dev/null 2>&1; then
+  mpi=(--mpi-get "$build/bench/mpi_get" --mpirun "$(command -v mpirun)")
+fi
+remote_cpus=(--client-cpu "$client_cpu" --server-cpu "$server_cpu")
+[ $split -eq 1 ] || remote_cpus=(--client-cpu 0 --server-cpu 0)
+remote_modes=("a polling 200")
+[ $quick -eq 1 ] || remote_modes+=("b blocking 0")
+for m in "${remote_modes[@]}"; do
+  read -r tag mode poll_us <<<"$m"
+  cluster_dir=$tmp/cluster-$mode
+  printf '[node]\nlog_level = warn\npoll_us = %s\n[pools]\nframes = 262144\n' \
+    "$poll_us" >"$tmp/cluster-$mode.ini"
+  if ! "${pin[@]}" "$tool" cluster up --nodes 4 --dir "$cluster_dir" \
+      --config-extra "$tmp/cluster-$mode.ini" >"$tmp/cluster.out" 2>&1; then
+    failed=$((failed + 1))
+    echo "!! cluster up ($mode) failed:" >&2
+    cat "$tmp/cluster.out" >&2
+    "$tool" cluster down --dir "$cluster_dir" >/dev/null 2>&1 || true
+    continue
+  fi
+  run "5$tag. remote operations on a 4-node cluster, $mode" bench_remote \
+    --dir "$cluster_dir" --mode "$mode" --poll-us "$poll_us" \
+    "${remote_cpus[@]}" "${mpi[@]}" "${q[@]}"
+  "$tool" cluster down --dir "$cluster_dir" >/dev/null 2>&1 || true
+done
+cluster_dir=
+
 t_end=$(date +%s)
 load_after=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo null)
 
@@ -209,13 +258,13 @@ function get(key,   m, v) {
   return v
 }
 BEGIN {
-  printf "%-38s %-8s %12s %12s %-6s %7s %8s  %s\n", "benchmark", "mode",
+  printf "%-46s %-8s %12s %12s %-6s %7s %8s  %s\n", "benchmark", "mode",
          "value", "limit", "unit", "ratio", "target", "result"
 }
 {
   met = get("met") == "true" ? "met" : "MISSED"
   if (met == "MISSED") missed++
-  printf "%-38s %-8s %12.2f %12.2f %-6s %7.3f %3s %4.2f  %s\n", get("bench"),
+  printf "%-46s %-8s %12.2f %12.2f %-6s %7.3f %3s %4.2f  %s\n", get("bench"),
          get("mode") == "" ? "-" : get("mode"), get("value"), get("limit"),
          get("unit"), get("ratio"), get("target_cmp"), get("target"), met
 }

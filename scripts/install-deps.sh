@@ -9,6 +9,7 @@ PKGS=(
   libsodium-dev libinih-dev liburing-dev libcmocka-dev
   libzmq3-dev libibverbs-dev librdmacm-dev ibverbs-providers rdma-core
   iproute2 procps util-linux python3
+  openmpi-bin libopenmpi-dev
 )
 
 missing=()
