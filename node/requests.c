@@ -119,6 +119,37 @@ void node__reply_slot(struct node *n, struct session *s, uint64_t id,
 
 /* ---- objects ---- */
 
+/* Gives an object its memory: a memfd of `pages` pages, a read-only
+ * reopening of it for read-only mappings, and the daemon's own mapping.
+ * Returns 0, or a negative errno with nothing left open. */
+static int dobj_memory(struct dobj *d, uint64_t pages, const char *name)
+{
+	char path[32];
+	int rc;
+
+	d->rofd = -1;
+	d->memfd = memfd_create(name, MFD_CLOEXEC);
+	if (d->memfd < 0 || ftruncate(d->memfd, (off_t)(pages * PAGE)) != 0)
+		goto fail;
+	snprintf(path, sizeof path, "/proc/self/fd/%d", d->memfd);
+	d->rofd = open(path, O_RDONLY | O_CLOEXEC);
+	if (d->rofd < 0)
+		goto fail;
+	d->base = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
+	               d->memfd, 0);
+	if (d->base == MAP_FAILED)
+		goto fail;
+	return 0;
+fail:
+	rc = -errno;
+	if (d->memfd >= 0)
+		close(d->memfd);
+	if (d->rofd >= 0)
+		close(d->rofd);
+	d->memfd = d->rofd = -1;
+	return rc;
+}
+
 static struct dobj *dobj_of(struct node *n, uint64_t oid)
 {
 	enum cap_kind k;
@@ -401,17 +432,12 @@ static void do_object_create(struct node *n, struct session *s, uint64_t id,
 		return node_send_error(n, s, id, rc, "object create: %s",
 		                       cap_reason(rc));
 	snprintf(name, sizeof name, "capdsm-obj-%" PRIx64, oid);
-	d->memfd = memfd_create(name, MFD_CLOEXEC);
-	if (d->memfd < 0 || ftruncate(d->memfd, (off_t)(pages * PAGE)) != 0)
-		goto sys_fail;
-	snprintf(name, sizeof name, "/proc/self/fd/%d", d->memfd);
-	d->rofd = open(name, O_RDONLY | O_CLOEXEC);
-	if (d->rofd < 0)
-		goto sys_fail;
-	d->base = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
-	               d->memfd, 0);
-	if (d->base == MAP_FAILED)
-		goto sys_fail;
+	rc = dobj_memory(d, pages, name);
+	if (rc) {
+		cap_obj_destroy(n->cs, oid); /* d is not in use: on_destroy skips */
+		return node_send_error(n, s, id, rc, "object memory: %s",
+		                       strerror(-rc));
+	}
 	d->used = true;
 	d->size = oc->size;
 	d->pages = (uint32_t)pages;
@@ -436,16 +462,6 @@ static void do_object_create(struct node *n, struct session *s, uint64_t id,
 	log_debug("object created", "oid=0x%" PRIx64 " size=%" PRIu64 " bank=0x%"
 	          PRIx64, oid, oc->size, bank);
 	return send_ok(n, s, r);
-sys_fail:
-	rc = -errno;
-	if (d->memfd >= 0)
-		close(d->memfd);
-	if (d->rofd >= 0)
-		close(d->rofd);
-	d->memfd = d->rofd = -1;
-	d->used = false;
-	cap_obj_destroy(n->cs, oid); /* priv d is not in use: on_destroy skips */
-	node_send_error(n, s, id, rc, "object memory: %s", strerror(-rc));
 }
 
 /* Destroying an object takes a capability with every right: only its
@@ -501,17 +517,11 @@ struct dobj *node__proxy(struct node *n, uint32_t home, uint64_t home_oid,
 	if (*rc)
 		return NULL;
 	snprintf(name, sizeof name, "capdsm-proxy-%u-%" PRIx64, home, home_oid);
-	d->memfd = memfd_create(name, MFD_CLOEXEC);
-	if (d->memfd < 0 || ftruncate(d->memfd, (off_t)(pages * PAGE)) != 0)
-		goto sys_fail;
-	snprintf(name, sizeof name, "/proc/self/fd/%d", d->memfd);
-	d->rofd = open(name, O_RDONLY | O_CLOEXEC);
-	if (d->rofd < 0)
-		goto sys_fail;
-	d->base = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
-	               d->memfd, 0);
-	if (d->base == MAP_FAILED)
-		goto sys_fail;
+	*rc = dobj_memory(d, pages, name);
+	if (*rc) {
+		cap_obj_destroy(n->cs, oid);
+		return NULL;
+	}
 	d->used = true;
 	d->size = size;
 	d->pages = (uint32_t)pages;
@@ -528,15 +538,6 @@ struct dobj *node__proxy(struct node *n, uint32_t home, uint64_t home_oid,
 		return NULL;
 	}
 	return d;
-sys_fail:
-	*rc = -errno;
-	if (d->memfd >= 0)
-		close(d->memfd);
-	if (d->rofd >= 0)
-		close(d->rofd);
-	d->memfd = d->rofd = -1;
-	cap_obj_destroy(n->cs, oid);
-	return NULL;
 }
 
 /* A data object capability with `need`, and [off, off+len) inside it. */
