@@ -646,25 +646,16 @@ int coh_page_add(struct coh_node *n, struct coh_page_id id, uint32_t home,
 	return 0;
 }
 
-int coh_page_remove(struct coh_node *n, struct coh_page_id id)
+/* Returns the page record in hash slot s, and its directory entry, to
+ * their pools. */
+static void page_release(struct coh_node *n, uint32_t s)
 {
-	uint32_t s, i;
-	struct page *pg;
-	struct dir *d;
-
-	if (n->in_call)
-		return -EDEADLK;
-	s = slot_of(n, id);
-	if (n->hash[s] == NIL)
-		return -ENOENT;
-	i = n->hash[s];
-	pg = &n->pages[i];
-	d = dir_of(n, pg);
-	if (pg->local != COH_INVALID || pg->pending != COH_INVALID ||
-	    (d && (d->busy != B_NONE || d->state != COH_UNCACHED)))
-		return -EBUSY;
+	uint32_t i = n->hash[s];
+	struct page *pg = &n->pages[i];
+	struct dir *d = dir_of(n, pg);
 
 	if (d) {
+		assert(d->qhead == NIL && d->qlen == 0);
 		d->next = n->dir_free;
 		n->dir_free = pg->dir;
 	}
@@ -673,6 +664,75 @@ int coh_page_remove(struct coh_node *n, struct coh_page_id id)
 	pg->next = n->page_free;
 	n->page_free = i;
 	n->npages--;
+}
+
+int coh_page_remove(struct coh_node *n, struct coh_page_id id)
+{
+	uint32_t s;
+	struct page *pg;
+	struct dir *d;
+
+	if (n->in_call)
+		return -EDEADLK;
+	s = slot_of(n, id);
+	if (n->hash[s] == NIL)
+		return -ENOENT;
+	pg = &n->pages[n->hash[s]];
+	d = dir_of(n, pg);
+	if (pg->local != COH_INVALID || pg->pending != COH_INVALID ||
+	    (d && (d->busy != B_NONE || d->state != COH_UNCACHED)))
+		return -EBUSY;
+	page_release(n, s);
+	return 0;
+}
+
+int coh_page_forget(struct coh_node *n, struct coh_page_id id)
+{
+	uint32_t s;
+	struct page *pg;
+	struct dir *d;
+
+	if (n->in_call)
+		return -EDEADLK;
+	s = slot_of(n, id);
+	if (n->hash[s] == NIL)
+		return -ENOENT;
+	pg = &n->pages[n->hash[s]];
+	d = dir_of(n, pg);
+
+	n->in_call = true;
+	/* The driver unmaps before it discards the frame. */
+	if (pg->local != COH_INVALID)
+		act_access(n, pg, COH_INVALID);
+	if (d) {
+		/* Every request this home holds is refused: the one being
+		 * served, then the queue in arrival order (F2). The home's
+		 * own request is finished below, once. Whatever the round
+		 * still awaits (INV_ACKs, a FETCH reply) will find no page
+		 * and be dropped (F3). */
+		if (d->busy != B_NONE && !d->cur_dead &&
+		    d->cur.node != n->cfg.self)
+			nack(n, pg, &d->cur, -ENOENT);
+		while (d->qhead != NIL) {
+			uint32_t i = d->qhead;
+			struct req r = n->q[i].r;
+
+			d->qhead = n->q[i].next;
+			d->qlen--;
+			n->q[i].next = n->q_free;
+			n->q_free = i;
+			if (r.node != n->cfg.self)
+				nack(n, pg, &r, -ENOENT);
+		}
+		d->qtail = NIL;
+		d->busy = B_NONE;
+		d->cur_dead = 0;
+	}
+	if (pg->pending != COH_INVALID)
+		act_done(n, pg, -ENOENT); /* F1 */
+	n->st.forgotten++;
+	page_release(n, s);
+	n->in_call = false;
 	return 0;
 }
 
@@ -983,9 +1043,12 @@ int coh_recv(struct coh_node *n, const struct coh_msg *m)
 	case COH_M_WRITEBACK:
 	case COH_M_INV_ACK:
 	case COH_M_FETCH_REPLY:
-		if (!pg)
-			rc = -ENOENT;
-		else if (pg->dir == NIL)
+		if (!pg) {
+			/* The home forgot the page (coh_page_forget) while
+			 * this was on its way: nothing awaits it (F3). */
+			n->st.ignored_unknown++;
+			rc = 0;
+		} else if (pg->dir == NIL)
 			rc = -EPROTO;
 		else
 			rc = recv_at_home(n, pg, dir_of(n, pg), m);
@@ -997,11 +1060,17 @@ int coh_recv(struct coh_node *n, const struct coh_msg *m)
 			reply_untracked(n, m, COH_M_INV_ACK, 0);
 			rc = 0;
 		} else if (!pg && m->type == COH_M_FETCH) {
-			n->st.fetch_crossed++; /* likewise, after a WRITEBACK */
+			/* Likewise after a WRITEBACK; or the page was
+			 * forgotten here, and the home's round waits until
+			 * the home forgets it too (F3). */
+			n->st.fetch_crossed++;
 			rc = 0;
-		} else if (!pg)
-			rc = -ENOENT;
-		else if (pg->home != m->src)
+		} else if (!pg) {
+			/* DATA, GRANT or NACK for a request that finished
+			 * with -ENOENT when the page was forgotten (F1). */
+			n->st.ignored_unknown++;
+			rc = 0;
+		} else if (pg->home != m->src)
 			rc = -EPROTO;
 		else
 			rc = recv_at_user(n, pg, m);

@@ -4,15 +4,17 @@
  *
  * One `struct coh_node` is one node's half of the protocol: the local state
  * of every page it tracks and, for the pages it is home of, the directory.
- * Inputs are calls (acquire, evict, a received message, a peer's death);
- * outputs are actions handed, in order, to a callback the driver supplies at
- * init: send a message, install a received payload into a frame, change a
- * page's local access, complete a request. The machine does no I/O, reads no
- * clock, never touches page contents and allocates only in coh_init.
+ * Inputs are calls (acquire, evict, a received message, a peer's death,
+ * forgetting a destroyed object's page); outputs are actions handed, in
+ * order, to a callback the driver supplies at init: send a message, install
+ * a received payload into a frame, change a page's local access, complete a
+ * request. The machine does no I/O, reads no clock, never touches page
+ * contents and allocates only in coh_init.
  *
  * The protocol, its states, transitions, invariants (I1-I4, D1-D8, R1-R3,
- * C1-C3) and the handling of crashes, evictions and crossing messages are in
- * PROTOCOL.md beside this file; tests/coherence/sim.c checks them. */
+ * C1-C3, F1-F4) and the handling of crashes, evictions, forgotten pages and
+ * crossing messages are in PROTOCOL.md beside this file;
+ * tests/coherence/sim.c checks them. */
 #ifndef CAPDSM_COH_H
 #define CAPDSM_COH_H
 
@@ -98,7 +100,9 @@ enum coh_act_type {
 	/* The request for `mode` on `page` finished: err 0 = granted (the
 	 * access is in place: resolve the fault, do the explicit read or
 	 * write), or -EHOSTDOWN (the page's home died), -ENOENT / -EREMOTE
-	 * (the home does not know the page), -ENOBUFS (its queue is full). */
+	 * (the home does not know the page, or forgot it: the object is
+	 * gone; -ENOENT also when this node forgets it), -ENOBUFS (its
+	 * queue is full). */
 	COH_ACT_DONE,
 };
 
@@ -145,6 +149,10 @@ struct coh_stats {
 	uint64_t fetch_fallback;  /* FETCH finished from the home copy: the
 	                           * owner died */
 	uint64_t failed_hostdown; /* requests failed because the home died */
+	uint64_t forgotten;       /* pages dropped by coh_page_forget */
+	uint64_t ignored_unknown; /* EVICT, WRITEBACK, INV_ACK, FETCH_REPLY,
+	                           * DATA, GRANT or NACK about a page not
+	                           * tracked here (forgotten), dropped */
 };
 
 /* Snapshot of one page, for tests, the checker and metrics. */
@@ -177,6 +185,25 @@ int coh_page_add(struct coh_node *n, struct coh_page_id id, uint32_t home,
  * and at the home UNCACHED and not busy. Returns 0, -ENOENT or -EBUSY. */
 int coh_page_remove(struct coh_node *n, struct coh_page_id id);
 
+/* Stops tracking a page whatever its state, because its object is gone:
+ * the page record (and, at the home, its directory entry and queued
+ * requests) returns to the pools at once. In order, it emits
+ * ACCESS(INVALID) if the page is mapped READ or WRITE here (unmap; the
+ * driver then discards the frame itself, home copy included); at the home,
+ * NACK(-ENOENT) to the requester being served and to each queued one, in
+ * arrival order; DONE(-ENOENT) for this node's own request on the page, if
+ * any. Nothing else is sent: invalidations and fetches under way are
+ * abandoned, and their late answers (like a late DATA, GRANT or NACK here)
+ * find no page and are dropped by coh_recv. Other nodes keep their records
+ * and copies until they forget the page too; a request they send for it
+ * meanwhile is NACKed -ENOENT by a home that has forgotten it, or waits
+ * until it does (PROTOCOL.md, "Forgetting a page"). The daemon forgets a
+ * destroyed object's pages on every node; a page id must never be added
+ * again once forgotten (its old messages may still be in flight). O(1) plus
+ * the queue. Returns 0, or -ENOENT (not tracked) or -EDEADLK (from an
+ * action callback), which change nothing. */
+int coh_page_forget(struct coh_node *n, struct coh_page_id id);
+
 /* Asks for `mode` (READ or WRITE) on a page: a read miss, a write miss or
  * an upgrade. Returns 0 when the page is already held in `mode` or better
  * (a hit: nothing emitted); 1 when a request is under way and a DONE action
@@ -193,10 +220,14 @@ int coh_acquire(struct coh_node *n, struct coh_page_id id, enum coh_mode mode);
 int coh_evict(struct coh_node *n, struct coh_page_id id);
 
 /* Handles a message from a peer. Checks everything first: a malformed
- * header is -EBADMSG, one the protocol state cannot explain is -EPROTO, an
- * unknown page -ENOENT; these change nothing and emit nothing (an unknown
- * page's request is NACKed instead, so the requester does not hang).
- * Messages from a peer already declared down are ignored (returns 0). */
+ * header is -EBADMSG, one the protocol state cannot explain is -EPROTO;
+ * these change nothing and emit nothing. A message about a page not
+ * tracked here (never added, removed or forgotten) is not an error: a
+ * request is NACKed -ENOENT (-EREMOTE if the page is tracked but homed
+ * elsewhere) so the requester does not hang, an INVALIDATE is acked, and
+ * anything else is dropped (counted in fetch_crossed for a FETCH,
+ * ignored_unknown otherwise); returns 0. Messages from a peer already
+ * declared down are ignored (returns 0). */
 int coh_recv(struct coh_node *n, const struct coh_msg *m);
 
 /* The failure detector declares `dead` down for good (crash-stop; it may

@@ -6,16 +6,21 @@
  * of a random non-empty channel (FIFO per ordered pair, arbitrary across
  * pairs), issue a read or write on an idle (node, page), evict a page,
  * crash-stop a node (its in-flight messages may be lost; each survivor
- * then hears of the death through its channel from the dead node). The
- * simulated driver owns the frames (one uint64_t per node and page) and
- * executes the machine's actions exactly as the daemon will.
+ * then hears of the death through its channel from the dead node); with
+ * --destroys, destroy an object (every node forgets its pages, one node at
+ * a time, deliveries in between) and create new ones in the freed page
+ * slots under fresh ids. The simulated driver owns the frames (one
+ * uint64_t per node and page) and executes the machine's actions exactly
+ * as the daemon will.
  *
  * Checked after every step: I1 (one writer or many readers) on the pages
  * the step touched, I2 on every read (it returns the latest write, or a
  * value a crash legitimately lost the later writes of — PROTOCOL.md,
  * "Checking I2 across crashes"); whenever the network is quiet: I3 (no
  * request left waiting) and I4 (directories agree with local states and
- * every copy holds the same value). `sim --seed S ...` replays one run
+ * every copy holds the same value). Pages of a destroyed object are
+ * checked until the last live node forgets them; their requests may then
+ * finish with -ENOENT (F1-F4). `sim --seed S ...` replays one run
  * exactly; a failure prints the command line that replays it. */
 #include <errno.h>
 #include <inttypes.h>
@@ -44,6 +49,7 @@ struct opts {
 	uint32_t nodes, pages, frames, outstanding, write_pct;
 	uint32_t queue; /* max_queued per home; 0 = never full */
 	double crashes; /* expected crash-stops per run */
+	double destroys; /* expected object destructions per run */
 	bool verbose, quiet;
 	uint64_t trace_from;
 	enum inject inject;
@@ -79,6 +85,7 @@ struct snode {
 	uint64_t *frame; /* per page */
 	uint8_t *mirror; /* per page: the access the driver set up */
 	uint8_t *op;     /* per page: the operation waiting for DONE */
+	bool *known;     /* per page: added to the machine, not forgotten */
 	uint32_t held;   /* non-home pages held (frames in use) */
 	uint32_t npending;
 };
@@ -92,6 +99,17 @@ struct stats {
 	uint64_t reads, writes, hits, hostdown, rollbacks, delivered, lost;
 	uint64_t crashes, quiet, i4, evictions, forced_evictions;
 	uint64_t again, nobufs;
+	uint64_t destroys, creates, forgets, enoent;
+};
+
+/* Objects: page slots 4o..4o+3 belong to object slot o. A destroyed
+ * object's slots come back under a fresh oid once every live node has
+ * forgotten them. */
+enum obj_state { OBJ_LIVE = 0, OBJ_DYING, OBJ_FREE };
+
+/* One node still has to forget one dying object. */
+struct ftask {
+	uint32_t obj, node;
 };
 
 struct sim {
@@ -108,6 +126,20 @@ struct sim {
 	uint32_t *alive_ids, nalive;
 	uint32_t *home;
 	uint32_t *ctr; /* N*P write counters */
+
+	/* objects (--destroys) */
+	uint32_t nobj, nfree;
+	uint64_t *obj_oid, next_oid;
+	uint8_t *obj_state;
+	uint32_t *obj_left;  /* forget tasks still to run */
+	uint32_t *gen;       /* per page: objects it has belonged to */
+	uint32_t *cap_home;  /* per node: directory entries */
+	uint32_t *nhome_cur; /* per node: pages homed there now */
+	struct ftask *ft;    /* forgets that may run at any step */
+	struct ftask *ftl;   /* late ones: held back until the network is
+	                      * quiet, so their nodes' requests must have been
+	                      * answered by the home's forget (F2) */
+	uint32_t nft, nftl;
 
 	/* channels, index src*N+dst */
 	uint32_t *ch_head, *ch_tail, *ch_len, *ne_pos, *ne, nne;
@@ -168,6 +200,8 @@ static void replay_line(FILE *f, const struct opts *o, uint64_t seed)
 	        " --frames %u --outstanding %u --writes %u --crashes %g",
 	        g_argv0, seed, o->nodes, o->pages, o->steps, o->frames,
 	        o->outstanding, o->write_pct, o->crashes);
+	if (o->destroys > 0)
+		fprintf(f, " --destroys %g", o->destroys);
 	if (o->queue)
 		fprintf(f, " --queue %u", o->queue);
 	if (o->inject == INJ_STALE)
@@ -223,10 +257,25 @@ __attribute__((format(printf, 2, 3))) static void trace(struct sim *s,
 
 /* ---- pages and values --------------------------------------------------- */
 
-static struct coh_page_id page_id(uint32_t p)
+static struct coh_page_id page_id(const struct sim *s, uint32_t p)
 {
 	/* several objects of four pages: exercises the (oid, pgno) lookup */
-	return (struct coh_page_id){.oid = 1000 + p / 4, .pgno = p % 4};
+	return (struct coh_page_id){.oid = s->obj_oid[p / 4], .pgno = p % 4};
+}
+
+static bool page_dying(const struct sim *s, uint32_t p)
+{
+	return s->obj_state[p / 4] == OBJ_DYING;
+}
+
+/* The page slot a message is about, or -1 for a forgotten object's (for
+ * traces). */
+static int64_t msg_page(const struct sim *s, const struct coh_msg *m)
+{
+	for (uint32_t o = 0; o < s->nobj; o++)
+		if (s->obj_oid[o] == m->oid)
+			return (int64_t) o * 4 + (int64_t) m->pgno;
+	return -1;
 }
 
 /* A written value names its page, its writer and the writer's counter on
@@ -474,18 +523,42 @@ static void mark_dirty(struct sim *s, uint32_t p)
 	}
 }
 
+/* Sends m from node n about page slot p, or (p = NIL) about a page n does
+ * not track: the answer to a message that found no page (cookie 0). */
 static void drv_send(struct sim *s, uint32_t n, uint32_t p,
                      const struct coh_msg *m)
 {
-	struct coh_page_id id = page_id(p);
 	uint64_t payload = 0;
 	uint32_t i;
 
-	if (m->src != n || m->dst >= s->N || m->dst == n || m->oid != id.oid ||
-	    m->pgno != id.pgno) {
+	if (m->src != n || m->dst >= s->N || m->dst == n) {
 		fail(s, "DRIVER", "node %u sent a malformed %s", n,
 		     coh_msg_name(m->type));
 		return;
+	}
+	if (p == NIL) {
+		struct coh_page_info in;
+
+		/* Only an INV_ACK or a NACK, and only for a page this node
+		 * does not have (F3). */
+		if ((m->type != COH_M_INV_ACK && m->type != COH_M_NACK) ||
+		    (m->flags & COH_F_PAYLOAD) ||
+		    coh_page_info(s->nd[n].m,
+		                  (struct coh_page_id){m->oid, m->pgno},
+		                  &in) != -ENOENT) {
+			fail(s, "DRIVER", "node %u sent %s with cookie 0", n,
+			     coh_msg_name(m->type));
+			return;
+		}
+	} else {
+		struct coh_page_id id = page_id(s, p);
+
+		if (m->oid != id.oid || m->pgno != id.pgno) {
+			fail(s, "DRIVER",
+			     "node %u sent %s about p%u with the wrong id", n,
+			     coh_msg_name(m->type), p);
+			return;
+		}
 	}
 	if (m->flags & COH_F_PAYLOAD) {
 		payload = s->nd[n].frame[p];
@@ -495,9 +568,9 @@ static void drv_send(struct sim *s, uint32_t n, uint32_t p,
 		    rndn(s, 4) == 0)
 			payload = s->pc[p].prev; /* a lost update */
 	}
-	trace(s, "    %u: send ->%u %s %s p%u seq %u%s", n, m->dst,
-	      coh_msg_name(m->type), coh_mode_name(m->mode), p, m->seq,
-	      m->err ? " err" : "");
+	trace(s, "    %u: send ->%u %s %s p%d seq %u%s", n, m->dst,
+	      coh_msg_name(m->type), coh_mode_name(m->mode),
+	      p == NIL ? -1 : (int) p, m->seq, m->err ? " err" : "");
 	if (m->flags & COH_F_PAYLOAD)
 		trace(s, " [w%d#%u]", (int) val_writer(payload),
 		      (uint32_t) payload);
@@ -602,6 +675,8 @@ static void drv_done(struct sim *s, uint32_t n, uint32_t p, unsigned mode,
 		perform(s, n, p, op);
 	} else if (err == -ENOBUFS && s->o->queue) {
 		s->st.nobufs++; /* the home's queue was full: NACK */
+	} else if (err == -ENOENT && page_dying(s, p)) {
+		s->st.enoent++; /* its object is being destroyed (F1, F2) */
 	} else if (err == -EHOSTDOWN) {
 		s->st.hostdown++;
 		if (s->alive[s->home[p]])
@@ -619,10 +694,19 @@ static void on_action(void *ctx, const struct coh_action *a)
 {
 	struct actx *c = ctx;
 	struct sim *s = c->s;
-	uint32_t n = c->node, p = (uint32_t) a->cookie;
+	uint32_t n = c->node, p = (uint32_t) a->cookie - 1;
 
-	if (a->cookie >= s->P) {
+	if (a->cookie == 0 && a->type == COH_ACT_SEND) {
+		drv_send(s, n, NIL, &a->msg); /* about an untracked page */
+		return;
+	}
+	if (a->cookie == 0 || a->cookie > s->P) {
 		fail(s, "DRIVER", "node %u: action with a bad cookie", n);
+		return;
+	}
+	if (!s->nd[n].known[p]) {
+		fail(s, "DRIVER",
+		     "node %u: action on p%u, which it does not track", n, p);
 		return;
 	}
 	switch (a->type) {
@@ -671,10 +755,13 @@ static void deliver(struct sim *s)
 			     rc);
 		return;
 	}
-	trace(s, "[%" PRIu64 "] deliver %u->%u %s %s p%" PRIu64 " seq %u\n",
-	      s->step, src, dst, coh_msg_name(sm.m.type),
-	      coh_mode_name(sm.m.mode), (sm.m.oid - 1000) * 4 + sm.m.pgno,
-	      sm.m.seq);
+	if (s->tracing)
+		trace(s,
+		      "[%" PRIu64 "] deliver %u->%u %s %s p%" PRId64
+		      " (oid %" PRIu64 ") seq %u\n",
+		      s->step, src, dst, coh_msg_name(sm.m.type),
+		      coh_mode_name(sm.m.mode), msg_page(s, &sm.m), sm.m.oid,
+		      sm.m.seq);
 	s->cur_active = true;
 	s->cur_dst = dst;
 	s->cur_type = sm.m.type;
@@ -698,7 +785,7 @@ static void do_evict(struct sim *s, uint32_t n, uint32_t p, bool forced)
 
 	trace(s, "[%" PRIu64 "] %u evicts p%u (%s)%s\n", s->step, n, p,
 	      coh_mode_name(s->nd[n].mirror[p]), forced ? " to make room" : "");
-	rc = coh_evict(s->nd[n].m, page_id(p));
+	rc = coh_evict(s->nd[n].m, page_id(s, p));
 	if (rc)
 		fail(s, "PROTO", "coh_evict(%u, p%u) = %s", n, p,
 		     strerror(-rc));
@@ -713,9 +800,9 @@ static bool zombie(struct sim *s, uint32_t n, uint32_t p)
 {
 	struct coh_page_info in;
 
-	if (s->o->inject != INJ_KEEP_READ)
+	if (s->o->inject != INJ_KEEP_READ ||
+	    coh_page_info(s->nd[n].m, page_id(s, p), &in))
 		return false;
-	coh_page_info(s->nd[n].m, page_id(p), &in);
 	return in.local != s->nd[n].mirror[p];
 }
 
@@ -751,6 +838,19 @@ static void issue(struct sim *s)
 	}
 	if (p == NIL)
 		p = rndn(s, s->P);
+	if (!nd->known[p]) {
+		/* The node opens an object it has not used yet; nobody
+		 * uses a page once its object is being destroyed. */
+		if (s->obj_state[p / 4] != OBJ_LIVE)
+			return;
+		rc = coh_page_add(nd->m, page_id(s, p), s->home[p], p + 1);
+		if (rc) {
+			fail(s, "PROTO", "coh_page_add(%u, p%u) = %s", n, p,
+			     strerror(-rc));
+			return;
+		}
+		nd->known[p] = true;
+	}
 	/* Another thread of the node may use what it holds while a request
 	 * is under way (a read during an upgrade); nothing else. */
 	if (nd->op[p] != OP_NONE && nd->mirror[p] < need)
@@ -765,7 +865,7 @@ static void issue(struct sim *s)
 	if (nd->mirror[p] >= need) {
 		trace(s, "[%" PRIu64 "] %u %s p%u: hit\n", s->step, n,
 		      op == OP_WRITE ? "writes" : "reads", p);
-		rc = coh_acquire(nd->m, page_id(p), need);
+		rc = coh_acquire(nd->m, page_id(s, p), need);
 		if (rc != 0) {
 			fail(s, "DRIVER",
 			     "node %u holds p%u %s but acquire = %d", n, p,
@@ -791,7 +891,7 @@ static void issue(struct sim *s)
 	nd->op[p] = (uint8_t) op;
 	nd->npending++;
 	s->pending_total++;
-	rc = coh_acquire(nd->m, page_id(p), need);
+	rc = coh_acquire(nd->m, page_id(s, p), need);
 	if (rc == 1)
 		return;
 	nd->op[p] = OP_NONE;
@@ -852,6 +952,188 @@ static void crash(struct sim *s)
 	}
 }
 
+/* ---- objects: destruction and creation (--destroys) ---------------------
+ */
+
+static uint32_t obj_pages(const struct sim *s, uint32_t o)
+{
+	return o * 4 + 4 <= s->P ? 4 : s->P - o * 4;
+}
+
+/* A random object slot in `state`, or NIL. */
+static uint32_t pick_obj(struct sim *s, enum obj_state state)
+{
+	uint32_t start = rndn(s, s->nobj);
+
+	for (uint32_t k = 0; k < s->nobj; k++)
+		if (s->obj_state[(start + k) % s->nobj] == state)
+			return (start + k) % s->nobj;
+	return NIL;
+}
+
+/* An object is destroyed: every node alive now will forget its pages, each
+ * at its own time (forget_step), with deliveries, requests and crashes in
+ * between, as the daemons learn of it. A quarter of the nodes other than
+ * the homes learn late: only once the network has been quiet, so that
+ * whatever they asked for meanwhile must have been answered by then. */
+static void destroy(struct sim *s)
+{
+	uint32_t o = pick_obj(s, OBJ_LIVE);
+
+	if (o == NIL)
+		return;
+	trace(s, "[%" PRIu64 "] DESTROY object %u (oid %" PRIu64 ")\n", s->step,
+	      o, s->obj_oid[o]);
+	s->st.destroys++;
+	s->obj_state[o] = OBJ_DYING;
+	s->obj_left[o] = s->nalive;
+	for (uint32_t k = 0; k < s->nalive; k++) {
+		uint32_t x = s->alive_ids[k];
+		bool home = false;
+
+		for (uint32_t p = o * 4; p < o * 4 + obj_pages(s, o); p++)
+			home |= s->home[p] == x;
+		if (!home && rndn(s, 4) == 0)
+			s->ftl[s->nftl++] = (struct ftask){.obj = o, .node = x};
+		else
+			s->ft[s->nft++] = (struct ftask){.obj = o, .node = x};
+	}
+}
+
+/* The network is quiet and every other forget has run: the late nodes
+ * learn of the destructions now. */
+static void release_late(struct sim *s)
+{
+	while (s->nftl)
+		s->ft[s->nft++] = s->ftl[--s->nftl];
+}
+
+/* One node forgets every page of one dying object (coh_page_forget). */
+static void forget_step(struct sim *s)
+{
+	uint32_t k = rndn(s, s->nft);
+	struct ftask t = s->ft[k];
+	struct snode *nd = &s->nd[t.node];
+	uint32_t n = t.node, lo = t.obj * 4, hi = lo + obj_pages(s, t.obj);
+
+	s->ft[k] = s->ft[--s->nft];
+	if (s->alive[n]) {
+		trace(s,
+		      "[%" PRIu64 "] %u forgets object %u (oid %" PRIu64 ")\n",
+		      s->step, n, t.obj, s->obj_oid[t.obj]);
+		for (uint32_t p = lo; p < hi && !s->failed; p++) {
+			struct coh_page_info in;
+			bool known = nd->known[p];
+			int rc = coh_page_forget(nd->m, page_id(s, p));
+
+			if (rc != (known ? 0 : -ENOENT)) {
+				fail(s, "PROTO",
+				     "coh_page_forget(%u, p%u) = %d", n, p, rc);
+				return;
+			}
+			if (!known)
+				continue; /* it never opened the object */
+			s->st.forgets++;
+			if (nd->mirror[p] != COH_INVALID ||
+			    nd->op[p] != OP_NONE ||
+			    coh_page_info(nd->m, page_id(s, p), &in) != -ENOENT)
+				fail(s, "F1",
+				     "node %u forgot p%u but it is still %s%s",
+				     n, p, coh_mode_name(nd->mirror[p]),
+				     nd->op[p] != OP_NONE ? ", a request waits"
+				                          : "");
+			/* The driver discards the frame, the home copy too. */
+			nd->known[p] = false;
+			nd->frame[p] = POISON;
+			if (s->home[p] == n)
+				s->nhome_cur[n]--;
+		}
+		if (coh_outstanding(nd->m) != nd->npending)
+			fail(s, "F1",
+			     "node %u: %u requests outstanding, %u waited for",
+			     n, coh_outstanding(nd->m), nd->npending);
+	}
+	if (--s->obj_left[t.obj] == 0) {
+		/* Every live node has forgotten it: the slots are free. */
+		for (uint32_t p = lo; p < hi; p++)
+			if (s->readers[p] || s->writers[p])
+				fail(s, "SIM",
+				     "p%u forgotten everywhere, yet %u readers "
+				     "%u writers",
+				     p, s->readers[p], s->writers[p]);
+		trace(s, "    object %u forgotten everywhere\n", t.obj);
+		s->obj_state[t.obj] = OBJ_FREE;
+		s->nfree++;
+	}
+}
+
+/* A new object in a free slot, under a fresh oid: each page homed at a
+ * live node with a directory entry to spare; only the homes add it now,
+ * other nodes when they first use it (issue). */
+static void create(struct sim *s)
+{
+	uint32_t o = pick_obj(s, OBJ_FREE), np, h[4];
+
+	if (o == NIL)
+		return;
+	np = obj_pages(s, o);
+	for (uint32_t i = 0; i < np; i++) {
+		uint32_t start = rndn(s, s->nalive);
+
+		h[i] = NIL;
+		for (uint32_t k = 0; k < s->nalive && h[i] == NIL; k++) {
+			uint32_t x = s->alive_ids[(start + k) % s->nalive];
+			if (s->nhome_cur[x] < s->cap_home[x]) {
+				h[i] = x;
+				s->nhome_cur[x]++;
+			}
+		}
+		if (h[i] == NIL) { /* no room now; later */
+			while (i-- > 0)
+				s->nhome_cur[h[i]]--;
+			return;
+		}
+	}
+	s->obj_oid[o] = s->next_oid++;
+	s->obj_state[o] = OBJ_LIVE;
+	s->nfree--;
+	s->st.creates++;
+	trace(s, "[%" PRIu64 "] CREATE object %u (oid %" PRIu64 ")\n", s->step,
+	      o, s->obj_oid[o]);
+	for (uint32_t i = 0; i < np; i++) {
+		uint32_t p = o * 4 + i;
+		struct pchk *c = &s->pc[p];
+		int rc;
+
+		s->home[p] = h[i];
+		s->gen[p]++;
+		/* The initial value names the generation: a stale frame of
+		 * an earlier object in this slot is caught (I2). */
+		memset(c, 0, sizeof *c);
+		c->truth = c->prev = mkval(p, NONE, s->gen[p]);
+		c->n = 1;
+		c->ring[0] = (struct run){.writer = NONE,
+		                          .lo = s->gen[p],
+		                          .hi = s->gen[p],
+		                          .observed = true};
+		for (uint32_t x = 0; x < s->N; x++) {
+			s->nd[x].mirror[p] = COH_INVALID;
+			s->nd[x].op[p] = OP_NONE;
+			s->nd[x].known[p] = false;
+			s->nd[x].frame[p] = POISON;
+		}
+		s->nd[h[i]].frame[p] = c->truth;
+		trace(s, "    p%u homed at %u\n", p, h[i]);
+		rc = coh_page_add(s->nd[h[i]].m, page_id(s, p), h[i], p + 1);
+		if (rc) {
+			fail(s, "PROTO", "coh_page_add(%u, p%u) = %s", h[i], p,
+			     strerror(-rc));
+			return;
+		}
+		s->nd[h[i]].known[p] = true;
+	}
+}
+
 /* ---- invariant checks ---------------------------------------------------- */
 
 static void check_i1(struct sim *s)
@@ -881,15 +1163,29 @@ static void check_quiet(struct sim *s)
 					return;
 				}
 	}
+	for (uint32_t n = 0; n < s->N && !s->failed; n++)
+		if (s->alive[n] && coh_outstanding(s->nd[n].m) != 0)
+			fail(s, "I3",
+			     "network quiet but node %u has %u requests "
+			     "outstanding",
+			     n, coh_outstanding(s->nd[n].m));
 	for (uint32_t p = 0; p < s->P && !s->failed; p++) {
-		struct coh_page_id id = page_id(p);
+		struct coh_page_id id = page_id(s, p);
 		struct coh_page_info hi = {0}, li;
 		uint32_t h = s->home[p], nr = 0, nw = 0, w = NONE;
 		bool have = false;
 		uint64_t val = 0;
 
+		if (s->obj_state[p / 4] != OBJ_LIVE) {
+			/* Forgotten everywhere, or at the home and some
+			 * nodes, the late ones still to come: no directory
+			 * to check against, and I3 was checked above. */
+			continue;
+		}
 		if (s->alive[h]) {
-			coh_page_info(s->nd[h].m, id, &hi);
+			if (coh_page_info(s->nd[h].m, id, &hi))
+				fail(s, "I4", "p%u unknown at its home %u", p,
+				     h);
 			if (hi.busy || hi.queued)
 				fail(s, "I4",
 				     "network quiet but p%u is busy at "
@@ -904,7 +1200,20 @@ static void check_quiet(struct sim *s)
 			unsigned st = s->nd[x].mirror[p];
 			if (!s->alive[x])
 				continue;
-			coh_page_info(s->nd[x].m, id, &li);
+			if (!s->nd[x].known[p]) {
+				/* It never opened the object. */
+				li = (struct coh_page_info){
+				        .local = COH_INVALID};
+				if (coh_page_info(s->nd[x].m, id, &li) !=
+				            -ENOENT ||
+				    st != COH_INVALID)
+					fail(s, "I4",
+					     "node %u: p%u is %s, "
+					     "but it never added it",
+					     x, p, coh_mode_name(st));
+			} else if (coh_page_info(s->nd[x].m, id, &li)) {
+				fail(s, "I4", "node %u lost p%u", x, p);
+			}
 			if (li.local != st || li.pending != COH_INVALID)
 				fail(s, "I4",
 				     "node %u: p%u is %s (pending %s) in "
@@ -996,6 +1305,7 @@ static void sim_free(struct sim *s)
 		free(s->nd[n].frame);
 		free(s->nd[n].mirror);
 		free(s->nd[n].op);
+		free(s->nd[n].known);
 	}
 	free(s->nd);
 	free(s->ctx);
@@ -1014,6 +1324,14 @@ static void sim_free(struct sim *s)
 	free(s->writers);
 	free(s->dirty);
 	free(s->is_dirty);
+	free(s->obj_oid);
+	free(s->obj_state);
+	free(s->obj_left);
+	free(s->gen);
+	free(s->cap_home);
+	free(s->nhome_cur);
+	free(s->ft);
+	free(s->ftl);
 }
 
 static void sim_init(struct sim *s, const struct opts *o, uint64_t seed)
@@ -1046,6 +1364,18 @@ static void sim_init(struct sim *s, const struct opts *o, uint64_t seed)
 	s->writers = xcalloc(P, sizeof *s->writers);
 	s->dirty = xcalloc(P, sizeof *s->dirty);
 	s->is_dirty = xcalloc(P, sizeof *s->is_dirty);
+	s->nobj = (P + 3) / 4;
+	s->obj_oid = xcalloc(s->nobj, sizeof *s->obj_oid);
+	s->obj_state = xcalloc(s->nobj, sizeof *s->obj_state);
+	s->obj_left = xcalloc(s->nobj, sizeof *s->obj_left);
+	s->ft = xcalloc((size_t) s->nobj * N, sizeof *s->ft);
+	s->ftl = xcalloc((size_t) s->nobj * N, sizeof *s->ftl);
+	for (uint32_t ob = 0; ob < s->nobj; ob++)
+		s->obj_oid[ob] = 1000 + ob;
+	s->next_oid = 1000 + s->nobj;
+	s->gen = xcalloc(P, sizeof *s->gen);
+	s->cap_home = xcalloc(N, sizeof *s->cap_home);
+	s->nhome_cur = xcalloc(N, sizeof *s->nhome_cur);
 	memset(s->ch_head, 0xff, NN * sizeof *s->ch_head);
 	memset(s->ch_tail, 0xff, NN * sizeof *s->ch_tail);
 	memset(s->ne_pos, 0xff, NN * sizeof *s->ne_pos);
@@ -1061,13 +1391,21 @@ static void sim_init(struct sim *s, const struct opts *o, uint64_t seed)
 		        (struct run){.writer = NONE, .observed = true};
 	}
 	for (uint32_t n = 0; n < N; n++) {
+		/* Objects created later are homed where a directory entry is
+		 * free: a few to spare per node. Page records are exactly P
+		 * per node, so forgotten ones must be reused. */
+		uint32_t extra = o->destroys > 0 ? (P + N - 1) / N : 0;
+		s->cap_home[n] = nhome[n] + extra < P ? nhome[n] + extra : P;
+		s->nhome_cur[n] = nhome[n];
+	}
+	for (uint32_t n = 0; n < N; n++) {
 		struct snode *nd = &s->nd[n];
-		uint64_t q = (uint64_t) nhome[n] * N;
+		uint64_t q = (uint64_t) s->cap_home[n] * N;
 		struct coh_config cfg = {
 		        .self = n,
 		        .max_nodes = N,
 		        .max_pages = P,
-		        .max_home_pages = nhome[n],
+		        .max_home_pages = s->cap_home[n],
 		        .max_outstanding = o->outstanding,
 		        /* one request per node and page can wait here */
 		        .max_queued =
@@ -1087,6 +1425,7 @@ static void sim_init(struct sim *s, const struct opts *o, uint64_t seed)
 		nd->frame = xcalloc(P, sizeof *nd->frame);
 		nd->mirror = xcalloc(P, sizeof *nd->mirror);
 		nd->op = xcalloc(P, sizeof *nd->op);
+		nd->known = xcalloc(P, sizeof *nd->known);
 		rc = coh_init(&nd->m, &cfg);
 		if (rc) {
 			fprintf(stderr, "coh_init: %s\n", strerror(-rc));
@@ -1095,7 +1434,9 @@ static void sim_init(struct sim *s, const struct opts *o, uint64_t seed)
 		for (uint32_t p = 0; p < P; p++) {
 			nd->frame[p] =
 			        s->home[p] == n ? s->pc[p].truth : POISON;
-			rc = coh_page_add(nd->m, page_id(p), s->home[p], p);
+			rc = coh_page_add(nd->m, page_id(s, p), s->home[p],
+			                  p + 1);
+			nd->known[p] = true;
 			if (rc) {
 				fprintf(stderr, "coh_page_add: %s\n",
 				        strerror(-rc));
@@ -1120,13 +1461,24 @@ static void sum_stats(struct sim *s)
 		s->cst.wb_as_reply += c.wb_as_reply;
 		s->cst.fetch_fallback += c.fetch_fallback;
 		s->cst.failed_hostdown += c.failed_hostdown;
+		s->cst.forgotten += c.forgotten;
+		s->cst.ignored_unknown += c.ignored_unknown;
 	}
 }
 
 /* Runs one seed; returns true if every check held. */
+static uint64_t cut_of(double per_run, uint64_t steps)
+{
+	if (!steps || per_run <= 0)
+		return 0;
+	if (per_run / (double) steps >= 1.0)
+		return UINT64_MAX;
+	return (uint64_t) ((per_run / (double) steps) * 18446744073709551615.0);
+}
+
 static bool run_one(struct sim *s, const struct opts *o, uint64_t seed)
 {
-	uint64_t crash_cut, last_i4 = 0, i4_every, limit;
+	uint64_t crash_cut, destroy_cut, last_i4 = 0, i4_every, limit;
 	bool quieting = false;
 
 	sim_init(s, o, seed);
@@ -1136,6 +1488,7 @@ static bool run_one(struct sim *s, const struct opts *o, uint64_t seed)
 	                     : 0;
 	if (o->crashes / (double) (o->steps ? o->steps : 1) >= 1.0)
 		crash_cut = UINT64_MAX;
+	destroy_cut = cut_of(o->destroys, o->steps);
 	i4_every = (uint64_t) s->N * s->P / 8;
 
 	for (s->step = 0; s->step < o->steps && !s->failed; s->step++) {
@@ -1145,6 +1498,13 @@ static bool run_one(struct sim *s, const struct opts *o, uint64_t seed)
 			s->tracing = true;
 		if (!quieting && rnd(s) < crash_cut && s->nalive > 1) {
 			crash(s);
+		} else if (destroy_cut && !quieting && rnd(s) < destroy_cut) {
+			destroy(s);
+		} else if (s->nft && (quieting ? !s->nne || rndn(s, 2)
+		                               : rndn(s, 8) == 0)) {
+			forget_step(s); /* one node learns of a destruction */
+		} else if (s->nfree && !quieting && rndn(s, 16) == 0) {
+			create(s);
 		} else {
 			r = rndn(s, 100);
 			if (s->nne && (quieting || r < 50))
@@ -1161,20 +1521,25 @@ static bool run_one(struct sim *s, const struct opts *o, uint64_t seed)
 		check_i1(s);
 		if (!quieting && rndn(s, 1000) == 0)
 			quieting = true; /* let the network drain: I3, I4 */
-		if (s->nne == 0) {
+		if (s->nne == 0 && s->nft == 0) {
 			/* I3 costs nothing; the full I4 pass costs N*P, so it
 			 * runs at most once per N*P/8 steps. */
 			quieting = false;
 			s->st.quiet++;
-			if (s->pending_total || s->step >= last_i4 + i4_every) {
+			if (s->pending_total || s->step >= last_i4 + i4_every ||
+			    s->nftl) {
 				last_i4 = s->step;
 				check_quiet(s);
 			}
+			release_late(s);
 		}
 	}
 	/* Drain: no new operations; every request must finish (I3). */
-	limit = 64 * ((uint64_t) s->inflight + (uint64_t) s->N * s->P) + 1000;
-	for (uint64_t k = 0; s->nne && !s->failed; k++, s->step++) {
+	limit = 64 * ((uint64_t) s->inflight + (uint64_t) s->N * s->P + s->nft +
+	              s->nftl) +
+	        1000;
+	for (uint64_t k = 0; (s->nne || s->nft || s->nftl) && !s->failed;
+	     k++, s->step++) {
 		if (k > limit) {
 			fail(s, "I3",
 			     "network still busy %" PRIu64
@@ -1182,7 +1547,15 @@ static bool run_one(struct sim *s, const struct opts *o, uint64_t seed)
 			     limit);
 			break;
 		}
-		deliver(s);
+		if (!s->nne && !s->nft) {
+			check_quiet(s); /* I3 before the late ones forget */
+			release_late(s);
+			continue;
+		}
+		if (s->nft && (!s->nne || rndn(s, 2)))
+			forget_step(s);
+		else
+			deliver(s);
 		check_i1(s);
 	}
 	if (!s->failed)
@@ -1204,8 +1577,10 @@ struct st_net {
 	struct coh_msg q[ST_Q]; /* one FIFO for all: a valid schedule */
 	unsigned qh, qt;
 	unsigned nact, nsend, ndone;
+	unsigned nenoent; /* DONE with -ENOENT */
+	unsigned ninval;  /* ACCESS(INVALID) */
 	int last_err;
-	bool reenter;
+	bool reenter, reenter_forget;
 	int reenter_rc;
 	uint32_t reenter_node;
 };
@@ -1238,12 +1613,18 @@ static void st_act(void *ctx, const struct coh_action *a)
 		net->q[net->qt++ % ST_Q] = a->msg;
 	} else if (a->type == COH_ACT_DONE) {
 		net->ndone++;
+		net->nenoent += a->err == -ENOENT;
 		net->last_err = a->err;
+	} else if (a->type == COH_ACT_ACCESS && a->mode == COH_INVALID) {
+		net->ninval++;
 	}
 	if (net->reenter) {
 		net->reenter = false;
 		net->reenter_rc =
-		        coh_acquire(net->m[c->node], a->page, COH_READ);
+		        net->reenter_forget
+		                ? coh_page_forget(net->m[c->node], a->page)
+		                : coh_acquire(net->m[c->node], a->page,
+		                              COH_READ);
 	}
 }
 
@@ -1282,6 +1663,31 @@ static unsigned st_pump(struct st_net *net)
 		k++;
 	}
 	return k;
+}
+
+/* Delivers the first queued message of `type` to `dst` out of turn: the
+ * schedule where the other channels are slower. */
+static void st_take(struct st_net *net, unsigned type, uint32_t dst)
+{
+	for (unsigned i = net->qh; i != net->qt; i++) {
+		struct coh_msg m = net->q[i % ST_Q];
+
+		if (m.type != type || m.dst != dst)
+			continue;
+		for (unsigned j = i; j != net->qh; j--)
+			net->q[j % ST_Q] = net->q[(j - 1) % ST_Q];
+		net->qh++;
+		ST_CHECK(coh_recv(net->m[m.dst], &m) == 0);
+		return;
+	}
+	printf("selftest: no %s to %u queued\n", coh_msg_name(type), dst);
+	st_failures++;
+}
+
+static void st_zero(struct st_net *net)
+{
+	net->nact = net->nsend = net->ndone = net->nenoent = net->ninval = 0;
+	net->last_err = 0;
 }
 
 static const struct coh_page_id st_pg = {.oid = 7, .pgno = 3};
@@ -1578,11 +1984,192 @@ static void st_hash(void)
 	coh_free(x);
 }
 
+/* coh_page_forget: the page goes in any state; every request on it
+ * finishes; late messages about it are dropped (PROTOCOL.md, F1-F4). */
+static void st_forget(void)
+{
+	struct st_net net;
+	struct coh_page_info in;
+	struct coh_stats cs;
+	const struct coh_page_id b = {.oid = 9, .pgno = 1},
+	                         c = {.oid = 9, .pgno = 2},
+	                         d = {.oid = 9, .pgno = 3};
+
+	/* The home forgets a busy page: FETCHING for node 2, node 3's write
+	 * and its own read queued. */
+	st_setup(&net, 4, 4, 2);
+	st_add(&net);
+	ST_CHECK(coh_page_forget(net.m[0], b) == -ENOENT);
+	ST_CHECK(st_req(&net, 1, COH_WRITE) == 2);
+	ST_CHECK(coh_acquire(net.m[2], st_pg, COH_READ) == 1);
+	st_take(&net, COH_M_READ_REQ, 0); /* FETCH(READ) to 1 in flight */
+	ST_CHECK(coh_acquire(net.m[3], st_pg, COH_WRITE) == 1);
+	st_take(&net, COH_M_WRITE_REQ, 0);
+	ST_CHECK(coh_acquire(net.m[0], st_pg, COH_READ) == 1);
+	ST_CHECK(coh_page_info(net.m[0], st_pg, &in) == 0 && in.busy &&
+	         in.queued == 2 && in.owner == 1);
+	st_zero(&net);
+	ST_CHECK(coh_page_forget(net.m[0], st_pg) == 0);
+	/* NACK to 2 (served), NACK to 3 (queued), DONE for itself. */
+	ST_CHECK(net.nact == 3 && net.nsend == 2 && net.ndone == 1 &&
+	         net.nenoent == 1);
+	ST_CHECK(coh_page_info(net.m[0], st_pg, &in) == -ENOENT);
+	ST_CHECK(coh_outstanding(net.m[0]) == 0);
+	ST_CHECK(coh_page_forget(net.m[0], st_pg) == -ENOENT);
+	ST_CHECK(coh_acquire(net.m[0], st_pg, COH_READ) == -ENOENT);
+	/* The FETCH still reaches 1, whose FETCH_REPLY the home drops; the
+	 * NACKs finish 2's and 3's requests. */
+	st_zero(&net);
+	ST_CHECK(st_pump(&net) == 4);
+	ST_CHECK(net.ndone == 2 && net.nenoent == 2);
+	coh_get_stats(net.m[0], &cs);
+	ST_CHECK(cs.forgotten == 1 && cs.ignored_unknown == 1);
+	/* Node 1 has not heard yet: it keeps its READ copy; its upgrade is
+	 * NACKed -ENOENT by the home, its eviction dropped there. */
+	ST_CHECK(coh_page_info(net.m[1], st_pg, &in) == 0 &&
+	         in.local == COH_READ);
+	st_zero(&net);
+	ST_CHECK(coh_acquire(net.m[1], st_pg, COH_WRITE) == 1);
+	ST_CHECK(st_pump(&net) == 2);
+	ST_CHECK(net.ndone == 1 && net.nenoent == 1);
+	ST_CHECK(coh_page_info(net.m[1], st_pg, &in) == 0 &&
+	         in.local == COH_READ && in.pending == COH_INVALID);
+	ST_CHECK(coh_evict(net.m[1], st_pg) == 0 && st_pump(&net) == 1);
+	coh_get_stats(net.m[0], &cs);
+	ST_CHECK(cs.ignored_unknown == 2);
+	st_zero(&net);
+	for (uint32_t n = 1; n < 4; n++)
+		ST_CHECK(coh_page_forget(net.m[n], st_pg) == 0);
+	ST_CHECK(net.nact == 0);
+	st_teardown(&net);
+
+	/* Requesters forget first: a late DATA and a late GRANT are
+	 * dropped; an INVALIDATE is acked for a forgotten copy; a FETCH to
+	 * a forgotten owner is dropped, and the read waiting on it finishes
+	 * when the home forgets the page too. */
+	st_setup(&net, 4, 4, 2);
+	st_add(&net);
+	ST_CHECK(coh_acquire(net.m[1], st_pg, COH_READ) == 1);
+	st_take(&net, COH_M_READ_REQ, 0); /* DATA to 1 in flight */
+	st_zero(&net);
+	ST_CHECK(coh_page_forget(net.m[1], st_pg) == 0);
+	ST_CHECK(net.nact == 1 && net.nenoent == 1);
+	ST_CHECK(coh_outstanding(net.m[1]) == 0);
+	ST_CHECK(st_pump(&net) == 1); /* the DATA, dropped */
+	ST_CHECK(st_req(&net, 2, COH_READ) == 2);
+	ST_CHECK(coh_dir_has_copy(net.m[0], st_pg, 1) == 1);
+	ST_CHECK(coh_acquire(net.m[2], st_pg, COH_WRITE) == 1);
+	st_take(&net, COH_M_WRITE_REQ, 0);  /* INVALIDATE to 1 */
+	st_take(&net, COH_M_INVALIDATE, 1); /* acked, though forgotten */
+	st_take(&net, COH_M_INV_ACK, 0);    /* GRANT to 2 in flight */
+	st_zero(&net);
+	ST_CHECK(coh_page_forget(net.m[2], st_pg) == 0);
+	ST_CHECK(net.nact == 2 && net.ninval == 1 && net.nenoent == 1);
+	ST_CHECK(st_pump(&net) == 1); /* the GRANT, dropped */
+	coh_get_stats(net.m[1], &cs);
+	ST_CHECK(cs.ignored_unknown == 1);
+	coh_get_stats(net.m[2], &cs);
+	ST_CHECK(cs.ignored_unknown == 1);
+	ST_CHECK(coh_page_info(net.m[0], st_pg, &in) == 0 &&
+	         in.state == COH_EXCLUSIVE && in.owner == 2);
+	st_zero(&net);
+	ST_CHECK(coh_acquire(net.m[3], st_pg, COH_READ) == 1);
+	ST_CHECK(st_pump(&net) == 2 && net.ndone == 0); /* FETCH dropped */
+	ST_CHECK(coh_page_forget(net.m[0], st_pg) == 0);
+	ST_CHECK(st_pump(&net) == 1 && net.ndone == 1 && net.nenoent == 1);
+	ST_CHECK(coh_page_forget(net.m[3], st_pg) == 0);
+
+	/* The home forgets mid-invalidation (late INV_ACKs), with a
+	 * WRITEBACK on its way, and its own WRITE copy. */
+	for (uint32_t n = 0; n < 4; n++)
+		ST_CHECK(coh_page_add(net.m[n], b, 0, 43) == 0);
+	ST_CHECK(coh_acquire(net.m[1], b, COH_READ) == 1);
+	ST_CHECK(coh_acquire(net.m[2], b, COH_READ) == 1);
+	st_pump(&net);
+	ST_CHECK(coh_acquire(net.m[3], b, COH_WRITE) == 1);
+	st_take(&net, COH_M_WRITE_REQ, 0); /* INVALIDATE to 1 and 2 */
+	st_zero(&net);
+	ST_CHECK(coh_page_forget(net.m[0], b) == 0);
+	ST_CHECK(net.nact == 1 && net.nsend == 1); /* NACK to 3 */
+	ST_CHECK(st_pump(&net) == 5);              /* 2 INV, 2 ACK, NACK */
+	ST_CHECK(net.ninval == 2 && net.ndone == 1 && net.nenoent == 1);
+	coh_get_stats(net.m[0], &cs);
+	ST_CHECK(cs.ignored_unknown == 2 && cs.forgotten == 2);
+	for (uint32_t n = 1; n < 4; n++)
+		ST_CHECK(coh_page_forget(net.m[n], b) == 0);
+	/* New objects get fresh ids; the records freed above serve them. */
+	for (uint32_t n = 0; n < 4; n++)
+		ST_CHECK(coh_page_add(net.m[n], c, 0, 43) == 0 &&
+		         coh_page_add(net.m[n], d, 0, 43) == 0);
+	ST_CHECK(coh_acquire(net.m[1], c, COH_WRITE) == 1);
+	ST_CHECK(st_pump(&net) == 2);
+	ST_CHECK(coh_evict(net.m[1], c) == 0); /* WRITEBACK in flight */
+	ST_CHECK(coh_page_forget(net.m[0], c) == 0);
+	ST_CHECK(st_pump(&net) == 1);
+	coh_get_stats(net.m[0], &cs);
+	ST_CHECK(cs.ignored_unknown == 3);
+	for (uint32_t n = 1; n < 4; n++)
+		ST_CHECK(coh_page_forget(net.m[n], c) == 0);
+	st_zero(&net);
+	ST_CHECK(coh_acquire(net.m[0], d, COH_WRITE) == 1); /* its own */
+	ST_CHECK(net.ndone == 1 && net.last_err == 0 && net.nsend == 0);
+	st_zero(&net);
+	ST_CHECK(coh_page_forget(net.m[0], d) == 0);
+	ST_CHECK(net.nact == 1 && net.ninval == 1 && net.nsend == 0);
+
+	/* Never from inside an action. */
+	ST_CHECK(coh_acquire(net.m[1], d, COH_READ) == 1);
+	net.reenter = net.reenter_forget = true;
+	net.reenter_rc = 0;
+	ST_CHECK(st_pump(&net) == 2); /* the NACK's DONE(-ENOENT) re-enters */
+	ST_CHECK(net.reenter_rc == -EDEADLK);
+	net.reenter_forget = false;
+	ST_CHECK(coh_page_info(net.m[1], d, &in) == 0);
+	st_teardown(&net);
+
+	/* Tight pools: one page record, one directory entry and one queue
+	 * record per node. The forgotten page's records, queue record
+	 * included, serve the next object. */
+	for (uint32_t n = 0; n < 3; n++) {
+		struct coh_config cfg = {.self = n,
+		                         .max_nodes = 3,
+		                         .max_pages = 1,
+		                         .max_home_pages = 1,
+		                         .max_outstanding = 1,
+		                         .max_queued = 1,
+		                         .act = st_act,
+		                         .act_ctx = &st_ctx[n]};
+		st_ctx[n] = (struct st_ctx){.net = &net, .node = n};
+		ST_CHECK(coh_init(&net.m[n], &cfg) == 0);
+	}
+	net.nodes = 3;
+	for (uint32_t round = 0; round < 3; round++) {
+		struct coh_page_id id = {.oid = 100 + round, .pgno = 0};
+
+		for (uint32_t n = 0; n < 3; n++)
+			ST_CHECK(coh_page_add(net.m[n], id, 0, 44) == 0);
+		ST_CHECK(coh_acquire(net.m[1], id, COH_WRITE) == 1);
+		st_pump(&net);
+		ST_CHECK(coh_acquire(net.m[2], id, COH_READ) == 1);
+		st_take(&net, COH_M_READ_REQ, 0);                   /* FETCH */
+		ST_CHECK(coh_acquire(net.m[0], id, COH_READ) == 1); /* queued */
+		st_zero(&net);
+		ST_CHECK(coh_page_forget(net.m[0], id) == 0);
+		ST_CHECK(net.nsend == 1 && net.nenoent == 1);
+		st_pump(&net);
+		ST_CHECK(net.nenoent == 2);
+		ST_CHECK(coh_page_forget(net.m[1], id) == 0);
+		ST_CHECK(coh_page_forget(net.m[2], id) == 0);
+	}
+	st_teardown(&net);
+}
+
 static int selftest(void)
 {
 	st_counts();
 	st_api();
 	st_hash();
+	st_forget();
 	printf("selftest: %s\n", st_failures ? "FAILED" : "ok");
 	return st_failures ? 1 : 0;
 }
@@ -1596,15 +2183,20 @@ static void usage(void)
 	        "usage: sim [--seed S] [--seeds COUNT] [--nodes N<=2048]\n"
 	        "           [--pages P] [--steps K] [--frames F]\n"
 	        "           [--outstanding M] [--writes PCT] [--crashes C]\n"
-	        "           [--queue Q] [-v] [--trace-from STEP] [--quiet]\n"
+	        "           [--destroys D] [--queue Q] [-v] [--trace-from "
+	        "STEP]\n"
+	        "           [--quiet]\n"
 	        "           [--inject stale|keep-read|lose-ack]\n"
 	        "           [--expect-violation[=TAG]]\n"
 	        "       sim --selftest\n"
 	        "Runs seeds S..S+COUNT-1. --crashes: expected crash-stops\n"
-	        "per run; --frames: a node's frames for non-home copies;\n"
-	        "--queue: each home's request queue (full = NACK). In traces\n"
-	        "a value wN#C is node N's C-th write of the page, w-1#0 the\n"
-	        "initial contents.\n");
+	        "per run; --destroys: expected object destructions per run\n"
+	        "(each node forgets the object's pages at its own time, and\n"
+	        "new objects reuse the slots); --frames: a node's frames for\n"
+	        "non-home copies; --queue: each home's request queue (full =\n"
+	        "NACK). In traces a value wN#C is node N's C-th write of the\n"
+	        "page, w-1#G the initial contents of the page's G-th "
+	        "object.\n");
 	exit(2);
 }
 
@@ -1663,6 +2255,8 @@ int main(int argc, char **argv)
 			o.write_pct = (uint32_t) num(v);
 		else if (ARG("--crashes"))
 			o.crashes = strtod(v, NULL);
+		else if (ARG("--destroys"))
+			o.destroys = strtod(v, NULL);
 		else if (ARG("--trace-from"))
 			o.trace_from = num(v), o.verbose = true;
 		else if (ARG("--inject")) {
@@ -1690,7 +2284,7 @@ int main(int argc, char **argv)
 	}
 	if (o.nodes < 1 || o.nodes > 2048 || o.pages < 1 || o.pages > 65535 ||
 	    o.outstanding < 1 || o.write_pct > 100 || o.crashes < 0 ||
-	    o.seeds < 1)
+	    o.destroys < 0 || o.seeds < 1)
 		usage();
 	if (!frames_set)
 		o.frames = o.pages / 2 > 0 ? o.pages / 2 : 1;
@@ -1720,6 +2314,12 @@ int main(int argc, char **argv)
 		tot.i4 += s.st.i4;
 		tot.evictions += s.st.evictions;
 		tot.forced_evictions += s.st.forced_evictions;
+		tot.destroys += s.st.destroys;
+		tot.creates += s.st.creates;
+		tot.forgets += s.st.forgets;
+		tot.enoent += s.st.enoent;
+		ctot.forgotten += s.cst.forgotten;
+		ctot.ignored_unknown += s.cst.ignored_unknown;
 		ctot.ignored_dead += s.cst.ignored_dead;
 		ctot.queued += s.cst.queued;
 		ctot.evict_crossed += s.cst.evict_crossed;
@@ -1777,6 +2377,12 @@ int main(int argc, char **argv)
 		       ctot.fetch_crossed, tot.crashes, tot.lost,
 		       ctot.ignored_dead, ctot.fetch_fallback, tot.hostdown,
 		       tot.rollbacks, tot.quiet, tot.i4);
+	if ((!o.quiet || o.expect) && o.destroys > 0)
+		printf("  objects: %" PRIu64 " destroyed, %" PRIu64
+		       " created, %" PRIu64 " pages forgotten, %" PRIu64
+		       " requests ENOENT, %" PRIu64 " late messages dropped\n",
+		       tot.destroys, tot.creates, ctot.forgotten, tot.enoent,
+		       ctot.ignored_unknown);
 	if (o.expect) {
 		if (!found) {
 			printf("FAIL: expected a violation, none found\n");
