@@ -414,23 +414,20 @@ int node_cluster_object(struct node *n, struct dobj *d)
 
 void node_cluster_forget(struct node *n, struct dobj *d)
 {
-	unsigned busy = 0;
-
 	if (!n->clustered || !d->coherent)
 		return;
 	for (uint64_t p = 0; p < d->pages; p++) {
 		struct coh_page_id pg = { d->gid, p };
 		/* A proxy gives its copies back first (a WRITE copy is written
-		 * back to the home, which still has the object). */
+		 * back to the home, which may still have the object); then the
+		 * page is forgotten whatever its state: at the home, requests
+		 * for it are answered ENOENT, so nobody waits on a dead object. */
 		if (d->home != n->cfg.node_id)
 			coh_evict(n->coh, pg);
-		if (coh_page_remove(n->coh, pg) == -EBUSY)
-			busy++;
+		coh_page_forget(n->coh, pg);
 	}
-	if (busy)
-		log_warn("object pages still in use by other nodes", "gid=0x%"
-		         PRIx64 " pages=%u", d->gid, busy);
 	d->coherent = false;
+	node__drain(n);
 }
 
 /* ---- imports ---- */
