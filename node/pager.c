@@ -226,10 +226,20 @@ void node_pager_events(struct node *n, struct mapping *m)
  * through any registered mapping faults to us again, so a revoked mapping
  * loses reads as well as writes while valid ones just fault the page back
  * in. Nothing else runs meanwhile: this loop is the only thread. */
-static void zap_range(const struct dobj *d, uint64_t off, uint64_t len)
+static void protect_range(struct node *n, const struct dobj *d, uint64_t off,
+                          uint64_t len);
+
+static void zap_range(struct node *n, const struct dobj *d, uint64_t off,
+                      uint64_t len)
 {
 	static uint8_t keep[64 * 1024];
 	off_t pos = (off_t)off, end = (off_t)(off + len);
+
+	/* No store may land between the copy and the punch, or it would be
+	 * lost: first write-protect every local writable mapping of the range
+	 * (synchronous: the kernel's TLB shootdown has completed, and by TSO
+	 * every store a thread made before it is in memory), then copy. */
+	protect_range(n, d, off, len);
 
 	while (pos < end) {
 		off_t data = lseek(d->memfd, pos, SEEK_DATA);
@@ -255,30 +265,38 @@ static void zap_range(const struct dobj *d, uint64_t off, uint64_t len)
 void node_pager_zap_page(struct node *n, struct dobj *d, uint64_t pgno,
                          bool keep)
 {
-	(void)n;
 	if (keep)
-		zap_range(d, pgno * PAGE, PAGE);
+		zap_range(n, d, pgno * PAGE, PAGE);
 	else
 		fallocate(d->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 		          (off_t)(pgno * PAGE), PAGE);
 }
 
-void node_pager_protect_page(struct node *n, struct dobj *d, uint64_t pgno)
+/* Write-protects [off, off+len) of the object in every local writable
+ * mapping that covers any of it. */
+static void protect_range(struct node *n, const struct dobj *d, uint64_t off,
+                          uint64_t len)
 {
-	uint64_t off = pgno * PAGE;
-
 	for (uint32_t i = 0; i < n->cfg.mappings; i++) {
 		struct mapping *m = &n->maps[i];
 		if (!m->used || !m->committed || m->oid != d->oid ||
-		    !(m->rights & CAP_R_WRITE) || m->uffd < 0 || off < m->offset ||
-		    off - m->offset >= m->length)
+		    !(m->rights & CAP_R_WRITE) || m->uffd < 0 ||
+		    off + len <= m->offset || off >= m->offset + m->length)
 			continue;
-		int rc = write_protect(m->uffd, m->addr + (off - m->offset), PAGE,
+		uint64_t lo = off > m->offset ? off : m->offset;
+		uint64_t hi = off + len < m->offset + m->length ? off + len
+		                                                : m->offset + m->length;
+		int rc = write_protect(m->uffd, m->addr + (lo - m->offset), hi - lo,
 		                       true);
 		if (rc && rc != -ENOENT && rc != -ESRCH)
 			log_warn("write-protect failed", "mapping=0x%" PRIx64
 			         " err=\"%s\"", m->id, strerror(-rc));
 	}
+}
+
+void node_pager_protect_page(struct node *n, struct dobj *d, uint64_t pgno)
+{
+	protect_range(n, d, pgno * PAGE, PAGE);
 }
 
 void node_pager_revoke(struct node *n, struct session *s, struct mapping *m)
@@ -289,5 +307,5 @@ void node_pager_revoke(struct node *n, struct session *s, struct mapping *m)
 	(void)s;
 	/* An object that is gone was emptied by node_on_destroy already. */
 	if (cap_obj_get(n->cs, m->oid, &kind, &priv) == 0 && priv)
-		zap_range(priv, m->offset, m->length);
+		zap_range(n, priv, m->offset, m->length);
 }
