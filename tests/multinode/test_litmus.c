@@ -286,23 +286,25 @@ static const struct litmus LT_22W = {
 static uint64_t (*results)[MAXP][2]; /* [iteration][process][load] */
 static size_t results_len;
 
-/* Delays this process by 0 to 960 us after the barrier, differently per
- * process and iteration (a fixed hash, so runs repeat), by spinning on the
- * clock: a page fault here takes some 100 us, and without a delay of that
- * size the barrier's own bias (whoever arrives last leaves first) makes
- * the racing accesses meet in the same order most of the time. */
+/* Delays this process after the barrier in one iteration out of four, by
+ * 0 to 960 us, differently per process and iteration (a fixed hash, so
+ * runs repeat): a page fault here takes some 100-500 us, and without a
+ * delay of that size the state of the pages decides the race — whoever
+ * needs no fault wins — and the racing accesses meet in the same order
+ * almost every time. The delay sleeps rather than spins: on two cores a
+ * spinning process takes the CPU the daemons need to serve the others. */
 static void jitter(unsigned proc, uint64_t i)
 {
-	uint64_t h = (i + 1) * 0x9e3779b97f4a7c15ull ^ ((uint64_t)proc + 1) * 0xc2b2ae3d27d4eb4full;
+	uint64_t h = (i + 1) * 0x9e3779b97f4a7c15ull ^
+	             ((uint64_t)proc + 1) * 0xc2b2ae3d27d4eb4full;
 	h ^= h >> 29;
 	h *= 0xbf58476d1ce4e5b9ull;
 	h ^= h >> 32;
 	unsigned units = (unsigned)(h % 64);
 	if (units < 48)
-		return; /* three times in four: no delay */
-	int64_t end = mn_now_us() + (int64_t)(units - 48) * 64;
-	while (mn_now_us() < end)
-		CBAR();
+		return;
+	struct timespec ts = { 0, (long)(units - 48) * 64000L };
+	nanosleep(&ts, NULL);
 }
 
 static void child(const struct litmus *t, unsigned me, const char *ref,
