@@ -13,9 +13,10 @@
  * the test process however it ends (the SIGALRM guard of daemon.c included,
  * which knows nothing of clusters). The folder is removed by
  * th_cluster_stop, or else by a "janitor": a process forked at start,
- * without a death signal, that waits for the end of a pipe only the test
- * process writes to and then removes the folder — so a test that dies or
- * times out leaves nothing in /tmp either.
+ * without a death signal and in a session of its own (ctest kills a timed
+ * out test's whole process group), that waits for the end of a pipe only
+ * the test process and its children hold and then removes the folder — so
+ * a test that dies or times out leaves nothing in /tmp either.
  *
  * The janitor and the daemons are not registered as th_fork children, so
  * th_kill_children() (which a test's teardown calls to end its clients)
@@ -106,8 +107,12 @@ static int janitor_start(struct th_cluster *c)
 		for (int fd = 3; fd < 1024; fd++)
 			if (fd != p[0])
 				close(fd);
+		/* Out of the test's process group: ctest's timeout kills the
+		 * whole group, and the janitor must outlive it to clean up. */
+		setsid();
 		signal(SIGALRM, SIG_IGN);
 		signal(SIGINT, SIG_IGN);
+		signal(SIGHUP, SIG_IGN);
 		signal(SIGTERM, SIG_DFL);
 		alarm(0);
 		for (;;) {
