@@ -39,7 +39,15 @@
  * values are read after a second barrier — by both of its processes,
  * which must agree.
  *
- * CAPDSM_LITMUS_ITERS raises the iteration count (never below 10,000). */
+ * The five tests of one layout run at the same time, each with its own
+ * object, processes and barrier: they mostly wait for daemons to wake up,
+ * so side by side they take little longer than the slowest alone (2+2W,
+ * with two barriers per iteration).
+ *
+ * For runs by hand: CAPDSM_LITMUS_ITERS raises the iteration count (never
+ * below 10,000), CAPDSM_LITMUS_ONLY="MP SB" picks tests by name,
+ * CAPDSM_LITMUS_SERIAL runs them one after the other (to measure each
+ * alone), CAPDSM_LITMUS_POLL_US sets the daemons' node.poll_us. */
 #include "mn.h"
 
 #include <fcntl.h>
@@ -118,8 +126,9 @@ struct litmus {
 	body_fn body[MAXP];     /* before the (optional) second barrier */
 	body_fn post[MAXP];     /* after it; NULL entries do nothing */
 	/* Outcome of iteration i from every process's loads: a code in
-	 * 0..15 (one bit per load, set when it read the new value), or -1
-	 * for a value no store wrote. */
+	 * 0..15 (one bit per load, set when it read the new value), -1 for
+	 * a value no store of the iteration (or the one before) wrote, -2
+	 * when two processes read different final values. */
 	int (*classify)(uint64_t i, uint64_t r[MAXP][2]);
 	uint16_t forbidden;     /* bit c: outcome code c is forbidden */
 	const char *bits;       /* what each bit of a code means */
@@ -252,7 +261,7 @@ static int w22_class(uint64_t i, uint64_t r[MAXP][2])
 	/* Both read the final values with no store in between: they must
 	 * agree (coherence), whatever the order of the stores was. */
 	if (r[0][0] != r[1][0] || r[0][1] != r[1][1])
-		return -1;
+		return -2;
 	int x = nv(r[0][0], 4 * i + 2, 4 * i + 1);
 	int y = nv(r[0][1], 4 * i + 2, 4 * i + 1);
 	return combine(x, y, 0, 0);
@@ -280,11 +289,7 @@ static const struct litmus LT_22W = {
 	1u << 3, "bit0 final x is P0's first store, bit1 final y is P1's first"
 };
 
-/* ---- running one ---- */
-
-/* Results, in memory shared with the children (made before they fork). */
-static uint64_t (*results)[MAXP][2]; /* [iteration][process][load] */
-static size_t results_len;
+/* ---- running them ---- */
 
 /* Delays this process after the barrier in one iteration out of four, by
  * 0 to 960 us, differently per process and iteration (a fixed hash, so
@@ -307,14 +312,31 @@ static void jitter(unsigned proc, uint64_t i)
 	nanosleep(&ts, NULL);
 }
 
-static void child(const struct litmus *t, unsigned me, const char *ref,
-                  size_t yoff, struct bar *b)
+/* One litmus test under way: its object, processes and results. The
+ * results and end times live in memory shared with the children (mapped
+ * before they fork). */
+struct run {
+	const struct litmus *t;
+	bool same_page;
+	uint64_t (*res)[MAXP][2]; /* [iteration][process][load] */
+	int64_t *end_us;          /* [process]: when it finished */
+	int inbox[MAXP][2];
+	pid_t kid[MAXP];
+	uint32_t obj;
+	char ref[CAPDSM_REF_MAX];
+	int64_t t0;
+};
+
+static void child(struct run *r, unsigned me, struct bar *b)
 {
+	const struct litmus *t = r->t;
 	struct capdsm *c = mn_child_connect(t->node[me]);
-	uint32_t s = mn_child_import(c, ref);
+	uint32_t s = mn_child_import(c, r->ref);
 	uint8_t *base = mn_child_map(c, s, 2 * PAGE);
-	struct proc_ctx p = { .x = (volatile uint64_t *)base,
-		                  .y = (volatile uint64_t *)(base + yoff) };
+	struct proc_ctx p = {
+		.x = (volatile uint64_t *)base,
+		.y = (volatile uint64_t *)(base + (r->same_page ? 64 : PAGE)),
+	};
 	bool two = false;
 
 	for (unsigned k = 0; k < t->nprocs; k++)
@@ -333,127 +355,176 @@ static void child(const struct litmus *t, unsigned me, const char *ref,
 			if (t->post[me])
 				t->post[me](&p, i);
 		}
-		results[i - 1][me][0] = p.r[0];
-		results[i - 1][me][1] = p.r[1];
+		r->res[i - 1][me][0] = p.r[0];
+		r->res[i - 1][me][1] = p.r[1];
 	}
 	bar_wait(b);
+	r->end_us[me] = mn_now_us();
 	capdsm_close(c);
 	_exit(0);
 }
 
-/* Prints what every process loaded in iteration i (2+2W in hex). */
-static void print_iteration(const struct litmus *t, uint64_t i, int code)
+static void run_start(struct run *r, struct capdsm *c0)
 {
-	print_message("%s: iteration %llu: %s; loads:", t->name,
-	              (unsigned long long)i,
-	              code < 0 ? "a value no store of it wrote"
-	                       : "forbidden outcome");
+	const struct litmus *t = r->t;
+
+	r->obj = mn_object(c0, 2 * PAGE, r->ref);
+	memset(r->res, 0xff, (size_t)iters * sizeof *r->res);
 	for (unsigned k = 0; k < t->nprocs; k++)
+		assert_int_equal(pipe2(r->inbox[k], O_CLOEXEC), 0);
+	r->t0 = mn_now_us();
+	for (unsigned k = 0; k < t->nprocs; k++) {
+		r->end_us[k] = 0;
+		r->kid[k] = th_fork(mn_guard_seconds);
+		assert_true(r->kid[k] >= 0);
+		if (r->kid[k] == 0) {
+			struct bar b = { .n = t->nprocs, .self = k,
+				             .in = r->inbox[k][0] };
+			for (unsigned j = 0; j < t->nprocs; j++)
+				b.out[j] = r->inbox[j][1];
+			child(r, k, &b);
+		}
+	}
+}
+
+/* Prints what every process loaded in iteration i (2+2W in hex). */
+static void print_iteration(const struct run *r, uint64_t i, int code)
+{
+	print_message("%s: iteration %llu: %s; loads:", r->t->name,
+	              (unsigned long long)i,
+	              code == -1   ? "a value no store of it wrote"
+	              : code == -2 ? "the processes disagree on a final value"
+	                           : "forbidden outcome");
+	for (unsigned k = 0; k < r->t->nprocs; k++)
 		for (unsigned j = 0; j < 2; j++)
-			if (results[i - 1][k][j] != UINT64_MAX)
+			if (r->res[i - 1][k][j] != UINT64_MAX)
 				print_message(" P%u.r%u=%#llx", k, j,
-				              (unsigned long long)results[i - 1][k][j]);
+				              (unsigned long long)r->res[i - 1][k][j]);
 	print_message(" (iteration %#llx)\n", (unsigned long long)i);
 }
 
-static void run(const struct litmus *t, bool same_page)
+/* Waits for the run's processes, counts and prints its outcomes. Returns
+ * the number of problems: a process that failed, iterations with a
+ * forbidden outcome or a value nobody wrote. */
+static unsigned run_finish(struct run *r, struct capdsm *c0)
 {
-	struct capdsm *c0 = mn_connect(0);
-	char ref[CAPDSM_REF_MAX];
-	int inbox[MAXP][2];
-	pid_t kid[MAXP];
+	const struct litmus *t = r->t;
 	uint64_t count[16] = { 0 };
-	unsigned bad = 0, strange = 0;
-	uint64_t first_bad = 0;
-	int64_t t0, us;
-	size_t yoff = same_page ? 64 : PAGE;
-	uint32_t obj = mn_object(c0, 2 * PAGE, ref);
+	unsigned bad = 0, strange = 0, disagree = 0, failed = 0;
+	int64_t end = r->t0;
 
-	memset(results, 0xff, results_len);
-	for (unsigned k = 0; k < t->nprocs; k++)
-		assert_int_equal(pipe2(inbox[k], O_CLOEXEC), 0);
-	t0 = mn_now_us();
 	for (unsigned k = 0; k < t->nprocs; k++) {
-		kid[k] = th_fork(mn_guard_seconds);
-		assert_true(kid[k] >= 0);
-		if (kid[k] == 0) {
-			struct bar b = { .n = t->nprocs, .self = k, .in = inbox[k][0] };
-			for (unsigned j = 0; j < t->nprocs; j++)
-				b.out[j] = inbox[j][1];
-			child(t, k, ref, yoff, &b);
-		}
-	}
-	for (unsigned k = 0; k < t->nprocs; k++) {
-		int rc = th_wait_exit(kid[k], (int)mn_guard_seconds * 1000);
-		if (rc != 0)
+		int rc = th_wait_exit(r->kid[k], (int)mn_guard_seconds * 1000);
+		if (rc != 0) {
 			print_message("%s %s: process %u (node %u) ended with %d\n",
-			              t->name, same_page ? "same page" : "two pages", k,
-			              t->node[k], rc);
-		assert_int_equal(rc, 0);
+			              t->name, r->same_page ? "same page" : "two pages",
+			              k, t->node[k], rc);
+			failed++;
+		}
+		if (r->end_us[k] > end)
+			end = r->end_us[k];
 	}
-	us = mn_now_us() - t0;
 	for (unsigned k = 0; k < t->nprocs; k++) {
-		close(inbox[k][0]);
-		close(inbox[k][1]);
+		close(r->inbox[k][0]);
+		close(r->inbox[k][1]);
 	}
+	if (failed)
+		return failed;
 	for (uint64_t i = 1; i <= iters; i++) {
-		int code = t->classify(i, results[i - 1]);
+		int code = t->classify(i, r->res[i - 1]);
 		bool show = false;
 
-		if (code < 0)
+		if (code == -1) {
 			show = strange++ < 5;
-		else {
+		} else if (code < 0) {
+			show = disagree++ < 5;
+		} else {
 			count[code]++;
-			if (t->forbidden & (1u << code)) {
-				if (!bad)
-					first_bad = i;
+			if (t->forbidden & (1u << code))
 				show = bad++ < 5;
-			}
 		}
 		if (show)
-			print_iteration(t, i, code);
+			print_iteration(r, i, code);
 	}
 	print_message("%-4s %-9s nodes", t->name,
-	              same_page ? "same page" : "two pages");
+	              r->same_page ? "same page" : "two pages");
 	for (unsigned k = 0; k < t->nprocs; k++)
 		print_message(" %u", t->node[k]);
 	print_message(": %u iterations in %.2f s (%.0f us each); outcomes (%s):",
-	              iters, us / 1e6, (double)us / iters, t->bits);
+	              iters, (end - r->t0) / 1e6, (double)(end - r->t0) / iters,
+	              t->bits);
 	for (unsigned code = 0; code < 16; code++)
 		if (count[code] || (t->forbidden & (1u << code)))
 			print_message(" %x%s=%llu", code,
 			              (t->forbidden & (1u << code)) ? "(forbidden)" : "",
 			              (unsigned long long)count[code]);
 	print_message("\n");
-	if (bad)
-		print_message("%s: %u iterations with a forbidden outcome, the "
-		              "first at %llu\n", t->name, bad,
-		              (unsigned long long)first_bad);
-	assert_int_equal(strange, 0);
-	assert_int_equal(bad, 0);
-	MN_OK(c0, capdsm_object_destroy(c0, obj));
-	mn_close(c0);
+	if (bad || strange || disagree)
+		print_message("%s %s: FAILED: %u iterations with a forbidden "
+		              "outcome, %u with a value no store of the iteration "
+		              "wrote, %u where the processes disagree on a final "
+		              "value\n", t->name,
+		              r->same_page ? "same page" : "two pages", bad,
+		              strange, disagree);
+	MN_OK(c0, capdsm_object_destroy(c0, r->obj));
+	return bad + strange + disagree;
 }
 
-#define LITMUS_TESTS(X) X(mp, MP) X(sb, SB) X(lb, LB) X(iriw, IRIW) X(22w, 22W)
-#define DEFINE_TESTS(n, N)                                                    \
-	static void test_##n##_two_pages(void **s)                                \
-	{                                                                         \
-		(void)s;                                                              \
-		run(&LT_##N, false);                                                  \
-	}                                                                         \
-	static void test_##n##_same_page(void **s)                                \
-	{                                                                         \
-		(void)s;                                                              \
-		run(&LT_##N, true);                                                   \
+static const struct litmus *const all_tests[] = { &LT_MP, &LT_SB, &LT_LB,
+	                                              &LT_IRIW, &LT_22W };
+#define NTESTS (sizeof all_tests / sizeof all_tests[0])
+static struct run runs[NTESTS];
+static bool serial; /* CAPDSM_LITMUS_SERIAL: one test after the other */
+static const char *only; /* CAPDSM_LITMUS_ONLY: names of the tests to run */
+
+/* The five tests in one layout, at the same time on the one cluster (each
+ * with its own object, processes and barrier): what they wait for is
+ * mostly the daemons waking up, so running them side by side costs little
+ * more than the slowest alone. */
+static void run_layout(bool same_page)
+{
+	struct capdsm *c0 = mn_connect(0);
+	unsigned problems = 0, started = 0;
+	int64_t t0 = mn_now_us();
+
+	for (unsigned k = 0; k < NTESTS; k++) {
+		runs[k].t = all_tests[k];
+		runs[k].same_page = same_page;
+		runs[k].kid[0] = 0;
+		if (only && !strstr(only, all_tests[k]->name))
+			continue;
+		run_start(&runs[k], c0);
+		started |= 1u << k;
+		if (serial)
+			problems += run_finish(&runs[k], c0);
 	}
-LITMUS_TESTS(DEFINE_TESTS)
+	for (unsigned k = 0; !serial && k < NTESTS; k++)
+		if (started & (1u << k))
+			problems += run_finish(&runs[k], c0);
+	print_message("%s: all in %.1f s\n", same_page ? "same page" : "two pages",
+	              (mn_now_us() - t0) / 1e6);
+	mn_close(c0);
+	assert_int_equal(problems, 0);
+}
+
+static void test_litmus_two_pages(void **s)
+{
+	(void)s;
+	run_layout(false);
+}
+
+static void test_litmus_same_page(void **s)
+{
+	(void)s;
+	run_layout(true);
+}
 
 int main(int argc, char **argv)
 {
-#define LIST_TESTS(n, N)                                                      \
-	MN_TEST(test_##n##_two_pages), MN_TEST(test_##n##_same_page),
-	const struct CMUnitTest all[] = { LITMUS_TESTS(LIST_TESTS) };
+	const struct CMUnitTest all[] = {
+		MN_TEST(test_litmus_two_pages),
+		MN_TEST(test_litmus_same_page),
+	};
 	const char *e = getenv("CAPDSM_LITMUS_ITERS");
 
 	if (argc > 1) /* a pattern of test names: ctest runs the two layouts
@@ -461,17 +532,23 @@ int main(int argc, char **argv)
 		cmocka_set_test_filter(argv[1]);
 	if (e && strtoul(e, NULL, 10) > MIN_ITERS)
 		iters = (unsigned)strtoul(e, NULL, 10);
-	results_len = (size_t)iters * sizeof *results;
-	results = mmap(NULL, results_len, PROT_READ | PROT_WRITE,
-	               MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	if (results == MAP_FAILED) {
-		perror("mmap");
-		return 1;
+	serial = getenv("CAPDSM_LITMUS_SERIAL") != NULL;
+	only = getenv("CAPDSM_LITMUS_ONLY");
+	for (unsigned k = 0; k < NTESTS; k++) {
+		size_t len = (size_t)iters * sizeof *runs[k].res + PAGE;
+		void *m = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		               MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+		if (m == MAP_FAILED) {
+			perror("mmap");
+			return 1;
+		}
+		runs[k].end_us = m;
+		runs[k].res = (void *)((char *)m + PAGE);
 	}
 	e = getenv("CAPDSM_LITMUS_POLL_US");
 	if (e)
 		mn_opts.poll_us = (uint32_t)strtoul(e, NULL, 10);
 	mn_nodes = 4;
-	mn_guard_seconds = 60;
+	mn_guard_seconds = 300;
 	return MN_RUN("multinode.litmus", all, true);
 }
