@@ -13,9 +13,9 @@
  * returns either that ("old") or this iteration's store ("new"). A barrier
  * made of pipes (one inbox per process, each arrival a byte naming its
  * sender) starts every iteration; it is outside the DSM, so it adds no
- * ordering of its own to the shared memory. Each process waits a
- * different, varying number of spins after the barrier so that the racing
- * accesses meet in many different orders.
+ * ordering of its own to the shared memory. In one iteration out of four
+ * a process sleeps a varying while after the barrier (jitter() below) so
+ * that the racing accesses meet in many different orders.
  *
  * Accesses are volatile loads and stores of aligned 64-bit words with
  * compiler barriers between them, and no fence: across nodes it is the
