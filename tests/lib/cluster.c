@@ -110,6 +110,7 @@ static int janitor_start(struct th_cluster *c)
 		/* Out of the test's process group: ctest's timeout kills the
 		 * whole group, and the janitor must outlive it to clean up. */
 		setsid();
+		prctl(PR_SET_NAME, "capdsm-janitor");
 		signal(SIGALRM, SIG_IGN);
 		signal(SIGINT, SIG_IGN);
 		signal(SIGHUP, SIG_IGN);
