@@ -23,6 +23,11 @@
  *  K3. A capability imported from another node is a child of a root in
  *      the daemon's own c-list, one per remote slot; the home's Revoked
  *      message revokes that root, hence everything derived from it.
+ *  K4. A coherence message leaves only after every action of the call
+ *      that made it is done: a node that gives a page away has unmapped it
+ *      before any peer can act on the reply (else the old owner could
+ *      still load the old page after the new owner stored to it — Ivy's
+ *      "every other copy is gone before a write is granted").
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -71,8 +76,33 @@ static void peer_send(struct node *n, uint32_t to, const Capdsm__Peer__PeerMsg *
 	/* A queue that stays full means the peer stopped reading: treat it as
 	 * failed rather than drop a protocol message (T4 gives no loss). */
 	log_warn("peer send failed", "peer=%u err=\"%s\"", to, strerror(-rc));
-	if (rc == -EAGAIN || rc == -ENOBUFS)
+	if (rc == -EAGAIN || rc == -ENOBUFS) {
 		coh_peer_down(n->coh, to);
+		node__flush(n);
+	}
+}
+
+/* Sends the coherence messages queued by the last coherence call, in
+ * order (K4). */
+void node__flush(struct node *n)
+{
+	for (uint32_t i = 0; i < n->noutq; i++) {
+		struct node_outmsg *o = &n->outq[i];
+		int rc = tp_send(n->tp, o->dst, o->hdr, o->hdrlen,
+		                 o->payload ? o->page : NULL,
+		                 o->payload ? PAGE : 0);
+		n->peer_ct_out++;
+		if (rc) {
+			log_warn("peer send failed", "peer=%u err=\"%s\"", o->dst,
+			         strerror(-rc));
+			if (rc == -EAGAIN || rc == -ENOBUFS) {
+				n->noutq = 0;
+				coh_peer_down(n->coh, o->dst);
+				return; /* the remaining ones are re-queued by it */
+			}
+		}
+	}
+	n->noutq = 0;
 }
 
 /* ---- the coherence driver ---- */
@@ -107,7 +137,14 @@ static void on_action(void *ctx, const struct coh_action *a)
 			pl = d->base + a->page.pgno * PAGE;
 			plen = PAGE;
 		}
-		peer_send(n, a->msg.dst, &pm, pl, plen);
+		if (n->noutq == n->outq_max)
+			node__flush(n); /* cannot happen with the sizing; stay safe */
+		struct node_outmsg *o = &n->outq[n->noutq++];
+		o->dst = a->msg.dst;
+		o->hdrlen = (uint32_t)capdsm__peer__peer_msg__pack(&pm, o->hdr);
+		o->payload = plen != 0;
+		if (plen)
+			memcpy(o->page, pl, PAGE); /* the frame as it is now */
 		break;
 	}
 	case COH_ACT_INSTALL:
@@ -177,6 +214,7 @@ static void make_room(struct node *n)
 		if (!d || !d->coherent)
 			continue;
 		int rc = coh_evict(n->coh, (struct coh_page_id){ d->gid, pgno });
+		node__flush(n);
 		if (rc == -EBUSY) { /* in use now: keep it, try an older one */
 			n->ring[(n->ring_head + n->ring_count) % n->ring_max].dobj = dobj;
 			n->ring[(n->ring_head + n->ring_count) % n->ring_max].pgno = pgno;
@@ -197,6 +235,7 @@ static int acquire(struct node *n, struct dobj *d, uint64_t pgno,
 	if (d->home != n->cfg.node_id && n->remote_frames >= n->cfg.remote_frames)
 		make_room(n);
 	rc = coh_acquire(n->coh, pg, mode);
+	node__flush(n);
 	if (rc == 1 || rc == -EBUSY)
 		return 1;
 	if (rc == -EAGAIN || rc == -ENOBUFS)
@@ -425,6 +464,7 @@ void node_cluster_forget(struct node *n, struct dobj *d)
 		if (d->home != n->cfg.node_id)
 			coh_evict(n->coh, pg);
 		coh_page_forget(n->coh, pg);
+		node__flush(n);
 	}
 	d->coherent = false;
 	node__drain(n);
@@ -872,6 +912,7 @@ static void on_msg(void *ctx, uint32_t from, const void *hdr, size_t hdrlen,
 		int rc = coh_recv(n->coh, &m);
 		n->rx_payload = NULL;
 		n->rx_plen = 0;
+		node__flush(n);
 		if (rc && rc != -ENOENT) {
 			n->peer_ct_bad++;
 			log_warn("coherence message refused", "peer=%u type=%s err=\"%s\"",
@@ -924,6 +965,7 @@ static void on_peer(void *ctx, uint32_t peer, bool up, uint64_t inc,
 	log_warn("peer down", "peer=%u incarnation=%" PRIu64 " why=\"%s\"", peer,
 	         inc, tp_down_reason_str(why));
 	coh_peer_down(n->coh, peer);
+	node__flush(n);
 	/* Its sessions' locks here go; the next waiters get them. */
 	coh_lock_release_owners(n->locks, 0xffff0000u,
 	                        NODE_REMOTE_OWNER | (peer << 16), node_lock_granted,
@@ -1032,8 +1074,12 @@ int node_cluster_init(struct node *n, char *err, size_t errlen)
 	n->ring_max = c->remote_frames * 2;
 	n->ring = calloc(n->ring_max, sizeof *n->ring);
 	n->peer_out = malloc(TP_MAX_HDR);
+	/* One coherence call emits at most an invalidation per node and a
+	 * few replies; room for twice the nodes and then some. */
+	n->outq_max = 2 * c->nodes + 64;
+	n->outq = calloc(n->outq_max, sizeof *n->outq);
 	if (!peers || !n->peer_clist || !n->imports || !n->parked || !n->doneq ||
-	    !n->ring || !n->peer_out) {
+	    !n->ring || !n->peer_out || !n->outq) {
 		free(peers);
 		snprintf(err, errlen, "out of memory sizing the cluster pools");
 		return -ENOMEM;
@@ -1093,4 +1139,5 @@ void node_cluster_fini(struct node *n)
 	free(n->doneq);
 	free(n->ring);
 	free(n->peer_out);
+	free(n->outq);
 }

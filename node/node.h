@@ -192,6 +192,18 @@ struct node {
 	const void *rx_payload;   /* the payload of the message in coh_recv */
 	size_t rx_plen;
 	uint8_t *peer_out;        /* packed peer messages */
+	/* Coherence messages wait here until the coherence call that made
+	 * them has returned and its later actions (unmapping a page this
+	 * node gave away) are done: a peer must not act on a reply before
+	 * the sender stopped using the page. Payloads are copied at SEND. */
+	struct node_outmsg {
+		uint32_t dst;
+		uint32_t hdrlen;
+		bool payload;
+		uint8_t hdr[TP_MAX_HDR];
+		uint8_t page[4096];
+	} *outq;
+	uint32_t noutq, outq_max;
 	uint64_t peer_ct_in, peer_ct_out, peer_ct_bad;
 };
 
@@ -248,6 +260,7 @@ void node_lock_granted(void *ctx, const struct coh_lock_req *r);
 /* Internal to node/: resumes what waited for coherence DONEs; answers a
  * remote owner's lock grant. */
 void node__drain(struct node *n);
+void node__flush(struct node *n);
 void node__remote_granted(struct node *n, const struct coh_lock_req *r);
 
 /* requests.c, for cluster.c */
