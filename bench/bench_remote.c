@@ -957,12 +957,10 @@ static void quiesce(void)
 	bench_die("coherence messages still in flight after 2 s");
 }
 
-/* The home destroys the object once the importers' drops are through,
- * and nothing is created before the importers' write-backs (they give
- * their copies back when the home's revocation reaches them) have
- * arrived: with this daemon, a write-back still in flight when the home
- * destroys an object lands in whatever object next takes its place there,
- * and a fresh object then reads the old one's data. */
+/* Importers let go first; the home destroys the object once their drops
+ * have gone through, and the next object is created only when nothing is
+ * in flight any more (the importers' write-backs and evictions included):
+ * no run inherits traffic from the one before. */
 static void robj_destroy(struct robj *o)
 {
 	for (int k = nnodes - 1; k >= 0; k--) {

@@ -200,10 +200,7 @@ fi
 # 5. Remote operations on a cluster of 4 daemons of our own, CURVE on (as
 # deployed), all pinned to the server CPU like the daemons above, the client
 # on the other CPU: busy-polling (poll_us = 200), and without --quick also
-# blocking (poll_us = 0, the daemon's default). Frames: every run creates
-# fresh objects, and a node keeps the coherence records of a destroyed
-# object's pages that another node held at the time (seen with this
-# daemon): the default pool would fill before the end.
+# blocking (poll_us = 0, the daemon's default).
 mpi=()
 if [ -x "$build/bench/mpi_get" ] && command -v mpirun >/dev/null 2>&1; then
   mpi=(--mpi-get "$build/bench/mpi_get" --mpirun "$(command -v mpirun)")
@@ -215,8 +212,8 @@ remote_modes=("a polling 200")
 for m in "${remote_modes[@]}"; do
   read -r tag mode poll_us <<<"$m"
   cluster_dir=$tmp/cluster-$mode
-  printf '[node]\nlog_level = warn\npoll_us = %s\n[pools]\nframes = 262144\n' \
-    "$poll_us" >"$tmp/cluster-$mode.ini"
+  printf '[node]\nlog_level = warn\npoll_us = %s\n' "$poll_us" \
+    >"$tmp/cluster-$mode.ini"
   if ! "${pin[@]}" "$tool" cluster up --nodes 4 --dir "$cluster_dir" \
       --config-extra "$tmp/cluster-$mode.ini" >"$tmp/cluster.out" 2>&1; then
     failed=$((failed + 1))
