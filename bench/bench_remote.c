@@ -700,6 +700,17 @@ static void mpi_log(struct mpi *m)
 		fclose(f);
 }
 
+static struct mpi mpi;
+
+static void mpi_stop(struct mpi *m);
+
+/* On any exit (bench_die included): stop mpirun, remove the FIFOs. */
+static void mpi_atexit(void)
+{
+	if (mpi.dir[0])
+		mpi_stop(&mpi);
+}
+
 static bool mpi_start(struct mpi *m, const char *mpirun, const char *prog)
 {
 	char c0[96], c1[96], rp[96], hosts[96], log[96], cpu0[16], cpu1[16];
@@ -707,6 +718,7 @@ static bool mpi_start(struct mpi *m, const char *mpirun, const char *prog)
 	strcpy(m->dir, "/tmp/capdsm-mpi.XXXXXX");
 	if (!mkdtemp(m->dir))
 		bench_die("mkdtemp: %s", strerror(errno));
+	atexit(mpi_atexit);
 	snprintf(c0, sizeof c0, "%s/cmd0", m->dir);
 	snprintf(c1, sizeof c1, "%s/cmd1", m->dir);
 	snprintf(rp, sizeof rp, "%s/reply", m->dir);
@@ -823,6 +835,8 @@ static void mpi_stop(struct mpi *m)
 		unlink(path);
 	}
 	rmdir(m->dir);
+	m->dir[0] = '\0';
+	m->on = false;
 }
 
 /* ==== the cluster ==== */
@@ -1000,7 +1014,6 @@ static void interleave(struct part *p, int np, size_t ops, size_t seg, long r)
 
 static struct raw raw;
 static struct handler hnd;
-static struct mpi mpi;
 static int echo_fd = -1;
 static pid_t echo_pid;
 
@@ -1450,6 +1463,9 @@ int main(int argc, char **argv)
 	if (b_cpu < 0)
 		b_cpu = server_cpu;
 
+	/* A FIFO or socket whose reader died is an error to report, not a
+	 * signal that ends the benchmark. */
+	signal(SIGPIPE, SIG_IGN);
 	/* Children first, before any thread or connection. */
 	raw_start(&raw);
 	{
@@ -1710,7 +1726,7 @@ int main(int argc, char **argv)
 	if (end.remote_frames)
 		printf("note: %llu remote frames still held after every object "
 		       "was destroyed\n", (unsigned long long)end.remote_frames);
-	if (mpi.pid > 0 || mpi.on)
+	if (mpi.dir[0])
 		mpi_stop(&mpi);
 	handler_stop(&hnd);
 	close(echo_fd);
