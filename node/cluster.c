@@ -561,6 +561,18 @@ static void on_import(struct node *n, uint32_t from, const Capdsm__Peer__Import 
 	peer_send(n, from, &pm, NULL, 0);
 }
 
+/* Gives a remote slot back to its home (the importer does not keep it). */
+static void send_drop(struct node *n, uint32_t home, uint32_t rslot)
+{
+	Capdsm__Peer__PeerMsg pm = CAPDSM__PEER__PEER_MSG__INIT;
+	Capdsm__Peer__Drop dr = CAPDSM__PEER__DROP__INIT;
+
+	dr.rslot = rslot;
+	pm.body_case = CAPDSM__PEER__PEER_MSG__BODY_DROP;
+	pm.drop = &dr;
+	peer_send(n, home, &pm, NULL, 0);
+}
+
 /* At the importer: the home's answer. */
 static void on_import_reply(struct node *n, uint32_t from,
                             const Capdsm__Peer__ImportReply *ir)
@@ -573,14 +585,8 @@ static void on_import_reply(struct node *n, uint32_t from,
 
 	if (!s || s->remote_node != from) {
 		/* The session is gone: give the slot back. */
-		if (!ir->status) {
-			Capdsm__Peer__PeerMsg pm = CAPDSM__PEER__PEER_MSG__INIT;
-			Capdsm__Peer__Drop dr = CAPDSM__PEER__DROP__INIT;
-			dr.rslot = ir->rslot;
-			pm.body_case = CAPDSM__PEER__PEER_MSG__BODY_DROP;
-			pm.drop = &dr;
-			peer_send(n, from, &pm, NULL, 0);
-		}
+		if (!ir->status)
+			send_drop(n, from, ir->rslot);
 		return;
 	}
 	s->remote_wait = false;
@@ -605,12 +611,7 @@ static void on_import_reply(struct node *n, uint32_t from,
 			cap_drop(n->cs, n->imports_clist, root);
 	}
 	if (rc) {
-		Capdsm__Peer__PeerMsg pm = CAPDSM__PEER__PEER_MSG__INIT;
-		Capdsm__Peer__Drop dr = CAPDSM__PEER__DROP__INIT;
-		dr.rslot = ir->rslot;
-		pm.body_case = CAPDSM__PEER__PEER_MSG__BODY_DROP;
-		pm.drop = &dr;
-		peer_send(n, from, &pm, NULL, 0);
+		send_drop(n, from, ir->rslot);
 		return node_send_error(n, s, s->remote_id, rc, "import: %s",
 		                       rc == -ENOSPC ? "node pool full"
 		                                     : strerror(-rc));
@@ -653,6 +654,20 @@ static void on_revoked(struct node *n, uint32_t from,
 		node_check_mappings(n);
 }
 
+static void send_revoked(struct node *n, uint32_t to, uint32_t *rslots,
+                         size_t count)
+{
+	Capdsm__Peer__PeerMsg pm = CAPDSM__PEER__PEER_MSG__INIT;
+	Capdsm__Peer__Revoked rv = CAPDSM__PEER__REVOKED__INIT;
+
+	rv.n_rslots = count;
+	rv.rslots = rslots;
+	pm.body_case = CAPDSM__PEER__PEER_MSG__BODY_REVOKED;
+	pm.revoked = &rv;
+	if (tp_peer_alive(n->tp, to))
+		peer_send(n, to, &pm, NULL, 0);
+}
+
 /* At the home: after anything that may revoke, find the remote slots that
  * lost their capability and tell their nodes. */
 void node_cluster_check_exports(struct node *n)
@@ -673,27 +688,12 @@ void node_cluster_check_exports(struct node *n)
 			cap_drop(n->cs, cl, slot);
 			dead[nd++] = slot;
 			if (nd == 64 || slot + 1 == n->cfg.slots_per_client) {
-				Capdsm__Peer__PeerMsg pm = CAPDSM__PEER__PEER_MSG__INIT;
-				Capdsm__Peer__Revoked rv = CAPDSM__PEER__REVOKED__INIT;
-				rv.n_rslots = nd;
-				rv.rslots = dead;
-				pm.body_case = CAPDSM__PEER__PEER_MSG__BODY_REVOKED;
-				pm.revoked = &rv;
-				if (tp_peer_alive(n->tp, p))
-					peer_send(n, p, &pm, NULL, 0);
+				send_revoked(n, p, dead, nd);
 				nd = 0;
 			}
 		}
-		if (nd) {
-			Capdsm__Peer__PeerMsg pm = CAPDSM__PEER__PEER_MSG__INIT;
-			Capdsm__Peer__Revoked rv = CAPDSM__PEER__REVOKED__INIT;
-			rv.n_rslots = nd;
-			rv.rslots = dead;
-			pm.body_case = CAPDSM__PEER__PEER_MSG__BODY_REVOKED;
-			pm.revoked = &rv;
-			if (tp_peer_alive(n->tp, p))
-				peer_send(n, p, &pm, NULL, 0);
-		}
+		if (nd)
+			send_revoked(n, p, dead, nd);
 	}
 }
 
