@@ -261,6 +261,8 @@ static void park(struct node *n, struct mapping *m, struct dobj *d,
 		struct parked *p = &n->parked[i];
 		if (p->used)
 			continue;
+		if (i >= n->parked_hi)
+			n->parked_hi = i + 1;
 		*p = (struct parked){
 			.used = true,
 			.map = (uint32_t)(m - n->maps),
@@ -277,6 +279,107 @@ static void park(struct node *n, struct mapping *m, struct dobj *d,
 	                  "too many faults waiting for other nodes");
 }
 
+/* ---- read-ahead ----
+ *
+ * A reader that faults on consecutive pages of a mapping gets the next
+ * prefetch_pages pages asked for at once, so their round trips overlap,
+ * and each is mapped into it as soon as it arrives (node_pager_premap),
+ * so it does not even fault on them — except on one page, the mark, left
+ * unmapped in the middle of the window: the fault on it says the reader
+ * got there, and moves the window on. This is the scheme of Linux's
+ * file readahead (a window, and a marker page that triggers the next one
+ * asynchronously), over coherence requests instead of disk reads. Every
+ * page is asked for in READ mode through the same protocol as a fault,
+ * so read-ahead changes no coherence state a fault would not; a page
+ * taken away before the reader touches it just faults again. Read-ahead
+ * never takes more than half of max_outstanding, so demand faults always
+ * find room. */
+
+/* Asks for pages [from, to) of d in `mode` ahead of a reader; returns the
+ * first page not asked for (to, or where room ran out). */
+static uint64_t ask_ahead(struct node *n, struct dobj *d, uint64_t from,
+                          uint64_t to, enum coh_mode mode)
+{
+	uint64_t p;
+
+	for (p = from; p < to && p < d->pages; p++) {
+		if (coh_outstanding(n->coh) >= n->outstanding_max / 2)
+			break;
+		int rc = acquire(n, d, p, mode);
+		if (rc == 1)
+			n->ct.prefetch_asked++;
+		else if (rc != 0)
+			break;
+	}
+	return p;
+}
+
+/* Whether mapping m read ahead page pgno and should get it mapped now. */
+static bool wants_premap(const struct mapping *m, uint64_t pgno)
+{
+	uint64_t addr_pg;
+
+	if (!m->used || !m->committed || m->revoked || m->uffd < 0 ||
+	    m->pf_end == 0 || pgno < m->seq_next || pgno >= m->pf_end ||
+	    pgno == m->pf_mark)
+		return false;
+	addr_pg = pgno * PAGE;
+	return addr_pg >= m->offset && addr_pg < m->offset + m->length;
+}
+
+/* Maps a page that arrived (or was held) into the mappings that read it
+ * ahead. K1: only while held, in the same step that saw it held. */
+static void premap(struct node *n, struct dobj *d, uint64_t pgno)
+{
+	struct coh_page_info pi;
+
+	if (d->maps == NODE_NIL ||
+	    coh_page_info(n->coh, (struct coh_page_id){ d->gid, pgno }, &pi) != 0 ||
+	    pi.local == COH_INVALID)
+		return;
+	for (uint32_t i = d->maps; i != NODE_NIL; i = n->maps[i].next_obj) {
+		struct mapping *m = &n->maps[i];
+		if (!wants_premap(m, pgno))
+			continue;
+		int rc = node_pager_premap(n, m, m->addr + (pgno * PAGE - m->offset),
+		                           pi.local != COH_WRITE);
+		if (rc && rc != -ENOENT && rc != -ESRCH)
+			log_debug("read-ahead page not mapped", "mapping=0x%" PRIx64
+			          " pg=%" PRIu64 " err=\"%s\"", m->id, pgno,
+			          strerror(-rc));
+	}
+}
+
+/* After a read fault on pgno through m: detect a sequential reader and
+ * keep its window ahead of it. */
+static void read_ahead(struct node *n, struct mapping *m, struct dobj *d,
+                       uint64_t pgno)
+{
+	uint32_t w = n->cfg.prefetch_pages;
+	bool seq = pgno == m->seq_next || pgno == m->pf_mark;
+	uint64_t last = (m->offset + m->length) / PAGE; /* past the mapping */
+
+	m->seq_next = pgno + 1;
+	if (!w || !seq || d->home == n->cfg.node_id)
+		return;
+	uint64_t from = m->pf_end > pgno + 1 ? m->pf_end : pgno + 1;
+	uint64_t to = pgno + 1 + w < last ? pgno + 1 + w : last;
+	m->pf_mark = pgno + 1 + w / 2 < to ? pgno + 1 + w / 2 : UINT64_MAX;
+	uint64_t got = ask_ahead(n, d, from, to, COH_READ);
+	if (got > m->pf_end)
+		m->pf_end = got;
+	/* Pages held already are mapped now; the others as they arrive. */
+	for (uint64_t p = from; p < got; p++)
+		premap(n, d, p);
+}
+
+/* Lowers parked_hi past the unused records at its end. */
+static void parked_trim(struct node *n)
+{
+	while (n->parked_hi && !n->parked[n->parked_hi - 1].used)
+		n->parked_hi--;
+}
+
 void node_cluster_fault(struct node *n, struct mapping *m, uint64_t addr,
                         uint64_t flags, uint32_t tid)
 {
@@ -291,11 +394,12 @@ void node_cluster_fault(struct node *n, struct mapping *m, uint64_t addr,
 		                         "object is gone");
 	d = priv;
 	pgno = (m->offset + (addr - m->addr)) / PAGE;
-	rc = acquire(n, d, pgno,
-	             (flags & (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP))
-	                     ? COH_WRITE : COH_READ);
+	bool write = flags & (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP);
+	rc = acquire(n, d, pgno, write ? COH_WRITE : COH_READ);
 	log_debug("fault", "mapping=0x%" PRIx64 " pg=%" PRIu64 " flags=0x%" PRIx64
 	          " acquire=%d", m->id, pgno, flags, rc);
+	if (!write && rc >= 0)
+		read_ahead(n, m, d, pgno);
 	if (rc == 1 || rc == 2)
 		return park(n, m, d, rc == 2 ? ANY_PAGE : pgno, addr, flags, tid);
 	if (rc < 0)
@@ -313,9 +417,10 @@ void node_cluster_fault(struct node *n, struct mapping *m, uint64_t addr,
 
 void node_cluster_mapping_freed(struct node *n, struct mapping *m)
 {
-	for (uint32_t i = 0; i < n->nparked; i++)
+	for (uint32_t i = 0; i < n->parked_hi; i++)
 		if (n->parked[i].used && n->parked[i].map_id == m->id)
 			n->parked[i].used = false;
+	parked_trim(n);
 }
 
 /* ---- explicit read and write, page by page ---- */
@@ -345,9 +450,17 @@ static void op_advance(struct node *n, struct session *s)
 			return op_finish(n, s, -EKEYREVOKED, "object is gone");
 		if (k > s->op.len - s->op.done)
 			k = s->op.len - s->op.done;
-		int rc = acquire(n, d, pgno, s->op.write ? COH_WRITE : COH_READ);
+		enum coh_mode mode = s->op.write ? COH_WRITE : COH_READ;
+		int rc = acquire(n, d, pgno, mode);
 		if (rc == 1 || rc == 2) {
 			s->op.wait_pg = rc == 2 ? ANY_PAGE : pgno;
+			/* While it waits, the request's next pages travel too. */
+			uint64_t end = (s->op.off + s->op.len + PAGE - 1) / PAGE;
+			uint64_t from = s->op.pf_end > pgno + 1 ? s->op.pf_end : pgno + 1;
+			uint64_t to = pgno + 1 + n->cfg.prefetch_pages;
+			if (rc == 1 && d->home != n->cfg.node_id && from < to)
+				s->op.pf_end = ask_ahead(n, d, from, to < end ? to : end,
+				                         mode);
 			return;
 		}
 		if (rc < 0)
@@ -369,6 +482,7 @@ void node_cluster_rw(struct node *n, struct session *s)
 {
 	s->op.done = 0;
 	s->op.wait_pg = 0;
+	s->op.pf_end = 0;
 	op_advance(n, s);
 	/* A request at the home may finish inside coh_acquire. */
 	node__drain(n);
@@ -396,7 +510,10 @@ void node__drain(struct node *n)
 			struct dobj *d = dobj_at(n, q[j].cookie);
 			uint32_t di = d ? (uint32_t)(d - n->dobjs) : UINT32_MAX;
 
-			for (uint32_t i = 0; i < n->nparked; i++) {
+			if (d && !q[j].err)
+				premap(n, d, q[j].pg.pgno);
+			/* Resuming may park again, at or below parked_hi. */
+			for (uint32_t i = 0, hi = n->parked_hi; i < hi; i++) {
 				struct parked *p = &n->parked[i];
 				if (!p->used || (p->pgno != ANY_PAGE &&
 				                 (p->dobj != di || p->pgno != q[j].pg.pgno)))
@@ -412,6 +529,7 @@ void node__drain(struct node *n)
 				}
 				node_cluster_fault(n, m, p->addr, p->flags, p->tid);
 			}
+			parked_trim(n);
 			for (uint32_t i = 0; i < n->cfg.clients; i++) {
 				struct session *s = &n->sessions[i];
 				if (!s->used || !s->op.active)
@@ -1059,6 +1177,13 @@ int node_cluster_init(struct node *n, char *err, size_t errlen)
 	if (c->nodes <= 1)
 		return 0;
 	n->clustered = true;
+	n->outstanding_max = cc.max_outstanding;
+	if (c->prefetch_pages > c->remote_frames / 4) {
+		log_info("read-ahead window limited by the frame pool",
+		         "prefetch_pages=%u remote_frames=%u now=%u",
+		         c->prefetch_pages, c->remote_frames, c->remote_frames / 4);
+		n->cfg.prefetch_pages = c->remote_frames / 4;
+	}
 	if (!c->plaintext) {
 		rc = read_key(c->secret_key_file, tc.secret_key, err, errlen);
 		if (rc)

@@ -39,6 +39,7 @@ void config_defaults(struct node_config *c)
 		.heartbeat_ms = 100,
 		.dead_after_ms = 1000,
 		.remote_frames = 16384,
+		.prefetch_pages = 32,
 	};
 }
 
@@ -177,6 +178,8 @@ static int on_key(void *user, const char *section, const char *name,
 		rc = set_u32(&c->dead_after_ms, value);
 	else if (IS("pools", "remote_frames"))
 		rc = set_u32(&c->remote_frames, value);
+	else if (IS("cluster", "prefetch_pages"))
+		rc = set_u32(&c->prefetch_pages, value);
 	else if (strncmp(section, "peer.", 5) == 0)
 		rc = set_peer(c, section + 5, name, value);
 #undef IS
@@ -258,6 +261,11 @@ int config_check(const struct node_config *c, char *err, unsigned errlen)
 				         c->plaintext ? "" : " and a public_key");
 				return -EINVAL;
 			}
+		if (c->prefetch_pages > 64) {
+			snprintf(err, errlen, "cluster.prefetch_pages = %u: at most 64",
+			         c->prefetch_pages);
+			return -EINVAL;
+		}
 		if (c->heartbeat_ms < 1 || c->dead_after_ms < 2 * c->heartbeat_ms) {
 			snprintf(err, errlen, "cluster.dead_after_ms must be at least "
 			         "twice cluster.heartbeat_ms");

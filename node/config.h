@@ -40,6 +40,11 @@ struct node_config {
 	bool plaintext;         /* explicit: no CURVE (benchmarks only) */
 	uint32_t heartbeat_ms, dead_after_ms;
 	uint32_t remote_frames; /* frames for pages cached from other homes */
+	/* Read-ahead on sequential access to another home's pages: how many
+	 * pages ahead a sequential read fault or explicit request asks for
+	 * (0: none). At most 64; a quarter of remote_frames if that is less
+	 * (read-ahead must not evict what it just brought). */
+	uint32_t prefetch_pages;
 	struct node_peer peers[CFG_MAX_NODES];
 };
 

@@ -52,12 +52,21 @@ struct dobj {
 	uint64_t gid;
 	bool coherent;  /* its pages are registered with the coherence node */
 	uint32_t rslot; /* proxy: a live remote slot at the home, for locks */
+	uint32_t maps;  /* head of its mappings' list (mapping.next_obj), so
+	                 * a page's mappings are found without a pool scan */
 };
 
 struct mapping {
 	bool used, committed, revoked;
 	uint32_t session;
 	uint32_t next; /* the session's list */
+	uint32_t dobj; /* its object's record, NODE_NIL once it is gone */
+	uint32_t next_obj; /* the object's list */
+	/* Sequential read-ahead (cluster.c): the page after the last read
+	 * fault, the end of what was asked for ahead of it, and the page
+	 * left unmapped in that window so that touching it faults and moves
+	 * the window on (Linux's readahead marker). */
+	uint64_t seq_next, pf_end, pf_mark;
 	uint64_t id;   /* (generation << 32) | index */
 	uint64_t oid;
 	uint32_t slot; /* derived capability the mapping holds */
@@ -114,6 +123,7 @@ struct session {
 		uint32_t dobj;    /* index into n->dobjs */
 		uint64_t off, len, done;
 		uint64_t wait_pg; /* page awaited, or UINT64_MAX for any DONE */
+		uint64_t pf_end;  /* pages below it were asked for ahead */
 	} op;
 	uint8_t *stage;     /* NODE_STAGE bytes, clustered nodes only */
 
@@ -136,6 +146,10 @@ struct node_counters {
 	uint64_t faults_missing, faults_minor, faults_wp, faults_refused;
 	uint64_t bytes_read, bytes_written, mappings_revoked;
 	uint64_t locks_granted, locks_waited;
+	uint64_t prefetch_asked;  /* pages asked for ahead of a sequential
+	                             reader (clustered nodes) */
+	uint64_t prefetch_mapped; /* of those, mapped into the reader before
+	                             it touched them */
 };
 
 /* A capability imported from another node: its remote slot there and the
@@ -179,11 +193,14 @@ struct node {
 	bool clustered;
 	struct tp *tp;
 	struct coh_node *coh;
+	uint32_t outstanding_max; /* the coherence node's max_outstanding */
 	uint32_t imports_clist;
 	struct rimport *imports;  /* cfg.sturdy records */
 	uint32_t *peer_clist;     /* per node: what it imported from us */
 	struct parked *parked;    /* cfg.mappings * 4 records */
 	uint32_t nparked;
+	uint32_t parked_hi;       /* no record at or past it is used: scans
+	                           * stop there (faults park first-free) */
 	struct { struct coh_page_id pg; int err; uint64_t cookie; } *doneq;
 	uint32_t ndone, doneq_max;
 	struct { uint32_t dobj; uint64_t pgno; } *ring; /* held remote pages */
@@ -280,6 +297,11 @@ void node_pager_zap_page(struct node *n, struct dobj *d, uint64_t pgno,
 void node_pager_protect_page(struct node *n, struct dobj *d, uint64_t pgno);
 void node_refuse_fault(struct node *n, struct session *s, uint32_t tid,
                        uint64_t addr, const char *why);
+/* Maps a page the node holds, present in the object's file, into a
+ * mapping before it is touched (read-ahead): write-protected when
+ * read_only_page. 0, or a negative errno from the ioctls. */
+int node_pager_premap(struct node *n, struct mapping *m, uint64_t addr,
+                      bool read_only_page);
 
 /* capdsmd.c */
 int node_watch_uffd(struct node *n, struct mapping *m);

@@ -146,6 +146,27 @@ int node_pager_resolve(struct node *n, struct mapping *m, uint64_t addr,
 	return rc;
 }
 
+int node_pager_premap(struct node *n, struct mapping *m, uint64_t addr,
+                      bool read_only_page)
+{
+	bool protect = read_only_page && (m->rights & CAP_R_WRITE);
+	/* As in node_pager_resolve: a thread may be faulting on this very
+	 * page now; it must not run before the page is write-protected. */
+	int rc = resolve_minor(m->uffd, addr, protect);
+
+	if (rc == -EEXIST)
+		return 0; /* mapped already, in the mode its state allows */
+	if (!rc && protect) {
+		rc = write_protect(m->uffd, addr, PAGE, true);
+		int w = wake(m->uffd, addr);
+		if (!rc)
+			rc = w;
+	}
+	if (!rc)
+		n->ct.prefetch_mapped++;
+	return rc;
+}
+
 void node_refuse_fault(struct node *n, struct session *s, uint32_t tid,
                        uint64_t addr, const char *why)
 {
@@ -277,7 +298,7 @@ void node_pager_zap_page(struct node *n, struct dobj *d, uint64_t pgno,
 static void protect_range(struct node *n, const struct dobj *d, uint64_t off,
                           uint64_t len)
 {
-	for (uint32_t i = 0; i < n->cfg.mappings; i++) {
+	for (uint32_t i = d->maps; i != NODE_NIL; i = n->maps[i].next_obj) {
 		struct mapping *m = &n->maps[i];
 		if (!m->used || !m->committed || m->oid != d->oid ||
 		    !(m->rights & CAP_R_WRITE) || m->uffd < 0 ||

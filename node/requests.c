@@ -205,6 +205,9 @@ void node_on_destroy(void *ctx, uint64_t oid, enum cap_kind kind, void *priv)
 		if (d->home == n->cfg.node_id)
 			n->frames_used -= d->pages;
 		n->nobjs_used--;
+		for (uint32_t i = d->maps; i != NODE_NIL; i = n->maps[i].next_obj)
+			n->maps[i].dobj = NODE_NIL;
+		d->maps = NODE_NIL;
 		d->used = false;
 		d->memfd = d->rofd = -1;
 	}
@@ -234,6 +237,13 @@ static void mapping_free(struct node *n, struct session *s, struct mapping *m)
 			*p = m->next;
 			break;
 		}
+	if (m->dobj != NODE_NIL)
+		for (uint32_t *p = &n->dobjs[m->dobj].maps; *p != NODE_NIL;
+		     p = &n->maps[*p].next_obj)
+			if (*p == idx) {
+				*p = m->next_obj;
+				break;
+			}
 	if (n->clustered)
 		node_cluster_mapping_freed(n, m);
 	if (m->uffd >= 0) {
@@ -439,6 +449,7 @@ static void do_object_create(struct node *n, struct session *s, uint64_t id,
 		                       strerror(-rc));
 	}
 	d->used = true;
+	d->maps = NODE_NIL;
 	d->size = oc->size;
 	d->pages = (uint32_t)pages;
 	d->oid = oid;
@@ -523,6 +534,7 @@ struct dobj *node__proxy(struct node *n, uint32_t home, uint64_t home_oid,
 		return NULL;
 	}
 	d->used = true;
+	d->maps = NODE_NIL;
 	d->size = size;
 	d->pages = (uint32_t)pages;
 	d->oid = oid;
@@ -764,6 +776,10 @@ static void do_map(struct node *n, struct session *s, uint64_t id,
 		.used = true,
 		.session = node_sid(n, s),
 		.next = s->maps,
+		.dobj = (uint32_t)(d - n->dobjs),
+		.next_obj = d->maps,
+		.seq_next = UINT64_MAX,
+		.pf_mark = UINT64_MAX,
 		.id = ((uint64_t)gen << 32) | idx,
 		.oid = d->oid,
 		.slot = slot,
@@ -774,6 +790,7 @@ static void do_map(struct node *n, struct session *s, uint64_t id,
 		.uffd = -1,
 	};
 	s->maps = idx;
+	d->maps = idx;
 	n->nmaps_used++;
 	r->mapping = m->id;
 	r->size = d->size;
@@ -850,7 +867,7 @@ static void do_unmap(struct node *n, struct session *s, uint64_t id,
 static void do_stats(struct node *n, struct session *s, Capdsm__Reply *r)
 {
 	struct cap_stats cst;
-	Capdsm__Counter c[56], *cp[56];
+	Capdsm__Counter c[64], *cp[64];
 	size_t k = 0;
 
 	cap_space_stats(n->cs, &cst);
@@ -909,6 +926,8 @@ static void do_stats(struct node *n, struct session *s, Capdsm__Reply *r)
 		C("coh_msgs_in", co.msgs_in);
 		C("coh_msgs_out", co.msgs_out);
 		C("coh_failed_hostdown", co.failed_hostdown);
+		C("prefetch_asked", n->ct.prefetch_asked);
+		C("prefetch_mapped", n->ct.prefetch_mapped);
 		C("peer_msgs_in", n->peer_ct_in);
 		C("peer_msgs_out", n->peer_ct_out);
 		C("peer_msgs_bad", n->peer_ct_bad);
