@@ -9,7 +9,9 @@
  *
  * Figures (one fresh set of objects per run):
  *  read_home    B read-faults pages of an object A wrote last (A owns
- *               them): per fault, through a read-write mapping.
+ *               them): per fault, through a read-write mapping, never
+ *               two neighbouring pages in a row (single misses: no
+ *               read-ahead, which is the scan's business).
  *  read_third   the same after C wrote every page (C owns them): the
  *               home fetches from C (no forwarding, PROTOCOL.md).
  *  write_kN     B write-faults pages read by N other nodes (C, then D,
@@ -1049,12 +1051,18 @@ struct touch {
 	bool write;
 };
 
+/* Touches pages [from, from + n) one each, never two consecutive ones in a
+ * row (even offsets up, then odd ones down, so the next segment's first
+ * page does not follow this one's last): every fault is a single miss,
+ * never read ahead by the daemon (that is the scan's figure). */
 static uint64_t touch_seg(void *arg, size_t from, size_t n)
 {
 	struct touch *t = arg;
 	uint64_t t0 = bench_now_ns(), ns, bad = 0;
+	size_t evens = (n + 1) / 2;
 
-	for (size_t i = from; i < from + n; i++) {
+	for (size_t k = 0; k < n; k++) {
+		size_t i = from + (k < evens ? 2 * k : 2 * (n - 1 - k) + 1);
 		volatile uint64_t *w = (volatile uint64_t *)(t->p + i * BENCH_PAGE);
 		if (t->write)
 			*w = t->tag + i;
