@@ -1,6 +1,14 @@
-# capdsm_transport: node-to-node transport (transport.h) over ZeroMQ with
-# CURVE (tp_zmq.c). Included from node/CMakeLists.txt; capdsmd links it.
+# capdsm_transport: node-to-node transport (transport.h). tp.c dispatches
+# to the implementations (tp_zmq.c: ZeroMQ with CURVE); tp_common.c is
+# what they share. Included from node/CMakeLists.txt;
+# capdsmd links it.
 pkg_check_modules(ZMQ REQUIRED IMPORTED_TARGET libzmq)
-add_library(capdsm_transport STATIC ${CMAKE_CURRENT_LIST_DIR}/tp_zmq.c)
+if(NOT TARGET PkgConfig::SODIUM)
+  pkg_check_modules(SODIUM REQUIRED IMPORTED_TARGET libsodium)
+endif()
+add_library(capdsm_transport STATIC
+  ${CMAKE_CURRENT_LIST_DIR}/tp.c
+  ${CMAKE_CURRENT_LIST_DIR}/tp_common.c
+  ${CMAKE_CURRENT_LIST_DIR}/tp_zmq.c)
 target_include_directories(capdsm_transport PUBLIC ${CMAKE_CURRENT_LIST_DIR})
-target_link_libraries(capdsm_transport PUBLIC PkgConfig::ZMQ)
+target_link_libraries(capdsm_transport PUBLIC PkgConfig::ZMQ PkgConfig::SODIUM)

@@ -4,8 +4,16 @@
  * One logical channel per ordered pair of nodes carries framed messages: a
  * small header (up to TP_MAX_HDR bytes, typically a protobuf-c control
  * message) and an optional payload beside it (a page, up to max_payload
- * bytes) that travels as its own frame, so it is never copied into the
- * header. tp_zmq.c implements this over ZeroMQ with CURVE; an RDMA
+ * bytes), never copied into the caller's header. Two implementations,
+ * picked at tp_open by tp_config.kind:
+ *  - TP_KIND_ZMQ (tp_zmq.c): ZeroMQ with CURVE. Messages cross ZeroMQ's
+ *    I/O thread in each process: about four thread wake-ups per round trip.
+ *  - TP_KIND_TCP (tp_tcp.c): plain TCP sockets driven from the caller's
+ *    loop (no thread), a Noise-KK-style handshake over the same X25519
+ *    keys and libsodium's secretstream (XChaCha20-Poly1305) per direction.
+ *    Same contract at close to raw-TCP latency.
+ * Both share the wire header, the incarnations and the failure detector
+ * (tp_common.c). Nodes of one cluster must all use the same kind. An RDMA
  * transport can implement the same contract later.
  *
  * Contract (the numbers are cited by tp_zmq.c and tests/transport):
@@ -14,11 +22,12 @@
  *      accepted by tp_send, with no gap and no duplicate. A lost message
  *      is detected (per-channel sequence numbers) and turns the peer DOWN
  *      (TP_DOWN_BROKEN); it is never skipped silently.
- *  T2. Authenticated origin: with CURVE (the default) `from` in on_msg is
- *      the node whose secret key completed the handshake, checked by the
- *      ZAP handler against the static membership — never a claim inside
- *      the message. A node without a member key cannot connect, and learns
- *      nothing: every message is encrypted.
+ *  T2. Authenticated origin: with keys (the default) `from` in on_msg is
+ *      the node whose secret key completed the handshake, checked against
+ *      the static membership (ZeroMQ: by the ZAP handler; TCP: by the
+ *      handshake itself) — never a claim inside the message. A node
+ *      without a member key cannot connect, and learns nothing: every
+ *      message is encrypted.
  *  T3. Crash-stop failure detection: every incarnation of a peer is
  *      reported UP at most once and DOWN at most once, in that order. A
  *      DOWN incarnation never comes back; a restarted peer (a new process,
@@ -30,15 +39,17 @@
  *      perfect" only as far as dead_after_ms is longer than any stall.
  *  T4. Bounded and non-blocking: at most queue_limit messages wait per
  *      peer and direction inside the transport (plus the kernel's socket
- *      buffers). tp_send never blocks and never drops a data message: it
- *      queues it (0) or refuses it with an error the caller can act on.
+ *      buffers; TCP: also at most send_buffer bytes). tp_send never blocks
+ *      and never drops a data message: it queues it (0) or refuses it with
+ *      an error the caller can act on.
  *  T5. tp_fd is level-triggered for the caller: it is readable whenever
  *      tp_poll has work (a message, a handshake to authorise, a heartbeat
  *      or a failure-detector deadline), and tp_poll clears it.
  *
  * Threads: a struct tp is used by one thread at a time (the daemon's event
- * loop); it starts no thread of its own besides ZeroMQ's I/O thread. It is
- * not fork-safe: a child must not touch its parent's struct tp.
+ * loop); it starts no thread of its own besides ZeroMQ's I/O thread (none
+ * with TP_KIND_TCP). It is not fork-safe: a child must not touch its
+ * parent's struct tp.
  */
 #ifndef CAPDSM_NODE_TRANSPORT_H
 #define CAPDSM_NODE_TRANSPORT_H
@@ -58,6 +69,13 @@ extern "C" {
 #define TP_KEY_LEN 40u              /* a CURVE key in Z85, without NUL */
 #define TP_ADDR_LEN 128u
 
+/* Which implementation tp_open builds. Zero is ZeroMQ, so a config that
+ * does not say keeps the original transport. */
+enum tp_kind {
+	TP_KIND_ZMQ = 0, /* tp_zmq.c: ZeroMQ + CURVE */
+	TP_KIND_TCP = 1, /* tp_tcp.c: TCP + libsodium, no thread */
+};
+
 /* One member of the static membership. */
 struct tp_peer_cfg {
 	uint32_t id;                 /* 0..npeers-1, each exactly once */
@@ -70,16 +88,18 @@ struct tp_peer_cfg {
 
 /* What tp_open needs. Zero fields take the default in brackets. */
 struct tp_config {
+	enum tp_kind kind;                /* [TP_KIND_ZMQ] */
 	uint32_t self;                    /* this node's id */
 	uint32_t npeers;                  /* members, self included, <= TP_MAX_PEERS */
 	const struct tp_peer_cfg *peers;  /* npeers entries, any order */
-	/* This node's CURVE secret key (Z85). Its public key is derived from
-	 * it and must equal peers[self].public_key. Required unless
-	 * plaintext: a daemon without a cluster key is refused. */
+	/* This node's CURVE secret key (Z85): an X25519 secret, used by both
+	 * kinds. Its public key is derived from it and must equal
+	 * peers[self].public_key. Required unless plaintext: a daemon without
+	 * a cluster key is refused. */
 	char secret_key[TP_KEY_LEN + 1];
 	/* Explicit opt-out for benchmarks: no encryption, no authentication
 	 * (origin is then the header's claim). Both ends must set it; a
-	 * CURVE node and a plaintext node never connect. */
+	 * keyed node and a plaintext node never connect. */
 	bool plaintext;
 	/* This process's incarnation: must grow across restarts of a node
 	 * (T3). [CLOCK_REALTIME in microseconds at tp_open] — a daemon that
@@ -91,6 +111,13 @@ struct tp_config {
 	uint32_t max_payload;    /* bytes per payload [65536], both ends alike */
 	uint32_t queue_limit;    /* messages queued per peer and direction [1024] */
 	uint32_t poll_budget;    /* messages one tp_poll handles at most [256] */
+	/* TP_KIND_TCP only: bytes of encrypted records that may wait per
+	 * peer for the socket [1 MiB], at most 1 GiB. The ring actually
+	 * allocated is the smaller of this and queue_limit largest records,
+	 * but never less than one largest record (max_payload + TP_MAX_HDR +
+	 * 57 bytes of framing), so every legal message fits. Allocated at
+	 * tp_open: the transport never grows under load. */
+	uint32_t send_buffer;
 };
 
 /* Why a peer went DOWN (on_peer with up == false). */
@@ -130,7 +157,8 @@ struct tp_handlers {
 	void (*on_peer)(void *ctx, uint32_t peer, bool up, uint64_t incarnation,
 	                enum tp_down_reason why);
 	/* A connection was refused or failed its handshake: an unknown key, a
-	 * wrong server key, plaintext against CURVE. One line for the log;
+	 * wrong server key, plaintext against keys, a client that does not
+	 * hold the key of the node it claims to be. One line for the log;
 	 * the same reason is repeated at most once a second (every refusal
 	 * is still counted in tp_stats). */
 	void (*on_auth_fail)(void *ctx, const char *reason);
@@ -148,9 +176,11 @@ struct tp_stats {
 	uint64_t peers_up, peers_down;    /* on_peer calls of each kind */
 	uint64_t broken;        /* channels DOWN for a sequence gap */
 	uint64_t auth_failures; /* refused keys and failed handshakes, both ways */
-	uint64_t drop_malformed; /* bad frame count, version, type, size, ids */
-	uint64_t drop_oversize;  /* header > TP_MAX_HDR or payload > max_payload */
-	uint64_t drop_spoofed;   /* claimed origin differs from the CURVE key's */
+	uint64_t drop_malformed; /* bad frame count, version, type, size, ids;
+	                            TCP: also a record that fails to decrypt */
+	uint64_t drop_oversize;  /* header > TP_MAX_HDR or payload > max_payload;
+	                            TCP: also a record length beyond them */
+	uint64_t drop_spoofed;   /* claimed origin differs from the key's */
 	uint64_t drop_stale;     /* from a dead incarnation, or to our former one */
 	uint64_t stalls;         /* tp_poll gaps > 2 heartbeats: this node
 	                            stalled, and judged no one's silence */
@@ -174,19 +204,23 @@ struct tp; /* opaque: one per node, per process */
 int tp_keypair(char pub[TP_KEY_LEN + 1], char sec[TP_KEY_LEN + 1]);
 
 /* Checks cfg, binds peers[self].address and connects to every other member
+ * with the implementation cfg->kind names
  * (connections complete in the background; each peer comes UP through
  * on_peer once a heartbeat has gone both ways, typically milliseconds). On success *out owns every resource and
  * tp_close releases them. Returns 0 or a negative errno with one line in
  * err (may be NULL):
- *  -EINVAL  bad membership, address, key or timing; in particular a missing
- *           or malformed key without plaintext ("a daemon without a cluster
- *           key is refused"), or a secret key that is not this node's;
- *  -ENOTSUP CURVE wanted but libzmq lacks it;
+ *  -EINVAL  bad kind, membership, address, key or timing; in particular a
+ *           missing or malformed key without plaintext ("a daemon without
+ *           a cluster key is refused"), or a secret key that is not this
+ *           node's;
+ *  -ENOTSUP CURVE wanted but libzmq lacks it (TP_KIND_ZMQ), or libsodium
+ *           cannot start (TP_KIND_TCP);
  *  -EADDRINUSE / -EADDRNOTAVAIL and other bind errors; -ENOMEM; -EMFILE.
  * The caller's cfg and peers array may be freed after the call. Checks
- * everything before creating anything (seL4's decode-then-act), and sets
- * up ZeroMQ's "Ironhouse" pattern: CURVE both ways, plus a ZAP handler
- * (RFC 27) that admits only the membership's client keys. */
+ * everything before creating anything (seL4's decode-then-act). ZeroMQ:
+ * sets up its "Ironhouse" pattern, CURVE both ways, plus a ZAP handler
+ * (RFC 27) that admits only the membership's client keys. TCP: allocates
+ * every buffer here (rings, receive buffers, connection slots). */
 int tp_open(struct tp **out, const struct tp_config *cfg, char *err,
             size_t errlen);
 
@@ -195,9 +229,10 @@ int tp_open(struct tp **out, const struct tp_config *cfg, char *err,
 void tp_close(struct tp *t);
 
 /* The one descriptor to watch for EPOLLIN, level-triggered (T5). It is an
- * epoll instance gathering ZeroMQ's ZMQ_FD descriptors, a timerfd for
- * heartbeats and deadlines, and an eventfd tp_poll raises when it stopped
- * at poll_budget with messages left. ZMQ_FD alone is edge-like (it
+ * epoll instance gathering the transport's descriptors (ZeroMQ's ZMQ_FD
+ * descriptors; or the TCP listening socket and every connection), a
+ * timerfd for heartbeats and deadlines, and an eventfd tp_poll raises when
+ * it stopped at poll_budget with messages left. ZMQ_FD alone is edge-like (it
  * signals a state change, not "a message is queued": after a wake-up
  * every message must be drained until EAGAIN, and a zmq_send on the socket
  * may consume the signal); tp_poll hides that by always draining or
@@ -210,7 +245,9 @@ int tp_fd(struct tp *t);
  * receives up to poll_budget messages and calls h->on_msg for each, reports
  * failure-detector changes, handshake refusals and regained room, sends
  * heartbeats when due. Returns the number of callbacks made (0: nothing
- * happened), or a negative errno if ZeroMQ failed (-ETERM, -EFAULT...).
+ * happened), or a negative errno if ZeroMQ or the system failed (-ETERM,
+ * -EFAULT...). A single TCP connection's failure is no error: it is
+ * closed, counted and redialled.
  * Must run at least every heartbeat_ms — tp_fd makes sure the caller
  * wakes — and never stall longer than dead_after_ms - heartbeat_ms, or the
  * peers will evict this node (TP_DOWN_EVICTED on their side). A gap of
@@ -222,12 +259,14 @@ int tp_fd(struct tp *t);
  * costs tens of microseconds, a spin costs a core): a daemon awaiting a
  * reply keeps calling epoll_wait(epfd, ..., 0) — which sees tp_fd — and
  * tp_poll for up to poll_us after the last event, then sleeps in
- * epoll_wait(-1); capdsmd's loop already does exactly that. With this
+ * epoll_wait(-1); capdsmd's loop already does exactly that. With the
  * ZeroMQ implementation the spin must call sched_yield() between empty
  * polls: messages move through ZeroMQ's own I/O thread in each process,
  * which a spin that never yields keeps off a core (on the 2-core machines,
- * median round trips got no better and p99 grew to 8-12 ms). tp_run below
- * is that loop for programs without an event loop. */
+ * median round trips got no better and p99 grew to 8-12 ms). The TCP
+ * implementation does its I/O inside tp_poll, so yielding costs it
+ * nothing but is not needed. tp_run below is that loop for programs
+ * without an event loop. */
 int tp_poll(struct tp *t, const struct tp_handlers *h, void *ctx);
 
 /* Milliseconds until tp_poll has timed work (a heartbeat, a failure
@@ -250,13 +289,17 @@ int tp_run(struct tp *t, const struct tp_handlers *h, void *ctx,
  * return, in two frames (the payload is not copied into the header). The
  * error model is send(2)'s with MSG_DONTWAIT: never block, say -EAGAIN. 0 means queued, not delivered: if the peer dies first, on_peer
  * says so (T1, T3). Errors, after which nothing was queued:
- *  -EAGAIN     its queue holds queue_limit messages: retry after
- *              on_writable (or any later tp_poll);
+ *  -EAGAIN     its queue holds queue_limit messages (TCP: or its ring
+ *              lacks the bytes, or the connection is being redialled):
+ *              retry after on_writable (or any later tp_poll);
  *  -EHOSTDOWN  the peer is DOWN (its current incarnation crashed);
  *  -ENOTCONN   the peer has not been UP yet (JOINING);
  *  -EMSGSIZE   hdrlen or plen too large;
  *  -EINVAL     no such peer, the peer is self, or payload NULL with plen;
- *  other       a ZeroMQ failure (e.g. -ETERM). */
+ *  other       a ZeroMQ failure (e.g. -ETERM).
+ * TCP: a message is encrypted and written at once when nothing waits
+ * before it (latency first); the rest of a partial write waits in the
+ * peer's ring for the socket. */
 int tp_send(struct tp *t, uint32_t peer, const void *hdr, size_t hdrlen,
             const void *payload, size_t plen);
 
@@ -278,6 +321,13 @@ void tp_stats(struct tp *t, struct tp_stats *out);
 
 /* A short constant name for a down reason ("timeout", ...). */
 const char *tp_down_reason_str(enum tp_down_reason why);
+
+/* "zmq" or "tcp" ("?" for anything else). */
+const char *tp_kind_str(enum tp_kind kind);
+
+/* Parses "zmq" or "tcp" (as tp_kind_str writes them) into *out. Returns 0,
+ * or -EINVAL for anything else (*out untouched). */
+int tp_kind_parse(const char *s, enum tp_kind *out);
 
 #ifdef __cplusplus
 }
