@@ -429,6 +429,10 @@ static void op_finish(struct node *n, struct session *s, int err,
                       const char *why)
 {
 	s->op.active = false;
+	if (!s->op.write) {
+		s->op.ra_dobj = s->op.dobj;
+		s->op.ra_next = err ? UINT64_MAX : s->op.off + s->op.len;
+	}
 	if (err)
 		return node_send_error(n, s, s->op.id, err, "%s", why);
 	/* The reply: for a read, the staged bytes. */
@@ -454,8 +458,12 @@ static void op_advance(struct node *n, struct session *s)
 		int rc = acquire(n, d, pgno, mode);
 		if (rc == 1 || rc == 2) {
 			s->op.wait_pg = rc == 2 ? ANY_PAGE : pgno;
-			/* While it waits, the request's next pages travel too. */
+			/* While it waits, the request's next pages travel too, and
+			 * for a sequential reader the next request's as well. */
 			uint64_t end = (s->op.off + s->op.len + PAGE - 1) / PAGE;
+			if (!s->op.write && s->op.ra_dobj == s->op.dobj &&
+			    s->op.ra_next == s->op.off)
+				end = d->pages;
 			uint64_t from = s->op.pf_end > pgno + 1 ? s->op.pf_end : pgno + 1;
 			uint64_t to = pgno + 1 + n->cfg.prefetch_pages;
 			if (rc == 1 && d->home != n->cfg.node_id && from < to)

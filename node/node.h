@@ -124,6 +124,10 @@ struct session {
 		uint64_t off, len, done;
 		uint64_t wait_pg; /* page awaited, or UINT64_MAX for any DONE */
 		uint64_t pf_end;  /* pages below it were asked for ahead */
+		/* Where the session's last explicit read ended: a read that
+		 * starts there reads ahead past its own end, into the next. */
+		uint32_t ra_dobj;
+		uint64_t ra_next;
 	} op;
 	uint8_t *stage;     /* NODE_STAGE bytes, clustered nodes only */
 
