@@ -9,13 +9,13 @@
 #include <time.h>
 #include <unistd.h>
 
-static enum log_level threshold = LOG_INFO;
+enum log_level log_threshold = LOG_INFO;
 static unsigned node;
 static const char *const names[] = { "debug", "info", "warn", "error" };
 
 void log_setup(enum log_level min, unsigned node_id)
 {
-	threshold = min;
+	log_threshold = min;
 	node = node_id;
 }
 
@@ -36,7 +36,7 @@ void log_event(enum log_level lvl, const char *msg, const char *fmt, ...)
 	struct tm tm;
 	int n;
 
-	if (lvl < threshold)
+	if (lvl < log_threshold)
 		return;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);

@@ -14,7 +14,15 @@ int log_level_parse(const char *s, enum log_level *out);
 void log_event(enum log_level lvl, const char *msg, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
-#define log_debug(...) log_event(LOG_DEBUG, __VA_ARGS__)
+/* The threshold, for log_debug: its arguments are not even evaluated
+ * below it (debug lines sit on the fault path). */
+extern enum log_level log_threshold;
+
+#define log_debug(...)                                                        \
+	do {                                                                      \
+		if (log_threshold <= LOG_DEBUG)                                       \
+			log_event(LOG_DEBUG, __VA_ARGS__);                                \
+	} while (0)
 #define log_info(...) log_event(LOG_INFO, __VA_ARGS__)
 #define log_warn(...) log_event(LOG_WARN, __VA_ARGS__)
 #define log_error(...) log_event(LOG_ERROR, __VA_ARGS__)
