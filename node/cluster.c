@@ -107,6 +107,22 @@ void node__flush(struct node *n)
 
 /* ---- the coherence driver ---- */
 
+/* Counts a frame of another home's page as held, and remembers it for
+ * make_room (oldest first; the ring is twice the pool, so a page held,
+ * dropped and held again only leaves a stale entry behind). */
+static void frame_held(struct node *n, struct dobj *d, uint64_t pgno)
+{
+	uint32_t at = (n->ring_head + n->ring_count) % n->ring_max;
+
+	n->remote_frames++;
+	n->ring[at].dobj = (uint32_t)(d - n->dobjs);
+	n->ring[at].pgno = pgno;
+	if (n->ring_count < n->ring_max)
+		n->ring_count++;
+	else
+		n->ring_head = (n->ring_head + 1) % n->ring_max;
+}
+
 static void on_action(void *ctx, const struct coh_action *a)
 {
 	struct node *n = ctx;
@@ -150,20 +166,11 @@ static void on_action(void *ctx, const struct coh_action *a)
 	case COH_ACT_INSTALL:
 		if (d && n->rx_payload && n->rx_plen == PAGE) {
 			uint8_t *frame = d->base + a->page.pgno * PAGE;
-			if (!a->at_home) {
-				unsigned char in;
-				if (mincore(frame, PAGE, &in) == 0 && !(in & 1)) {
-					n->remote_frames++;
-					n->ring[(n->ring_head + n->ring_count) % n->ring_max].dobj =
-						(uint32_t)(d - n->dobjs);
-					n->ring[(n->ring_head + n->ring_count) % n->ring_max].pgno =
-						a->page.pgno;
-					if (n->ring_count < n->ring_max)
-						n->ring_count++;
-					else
-						n->ring_head = (n->ring_head + 1) % n->ring_max;
-				}
-			}
+			/* Away from the home a page is installed only from INVALID
+			 * (DATA, coh.c), whose frame was punched out or never
+			 * filled: one more frame in use. */
+			if (!a->at_home)
+				frame_held(n, d, a->page.pgno);
 			memcpy(frame, n->rx_payload, PAGE);
 		}
 		break;
