@@ -106,6 +106,8 @@ static int client_cpu = -1, server_cpu = -1, a_cpu = -1, b_cpu = -1;
 static bool polling;
 static uint32_t poll_us;
 static bool plaintext;
+static enum tp_kind kind = TP_KIND_ZMQ; /* the raw pair's: the cluster's */
+static bool kind_given;                 /* --transport */
 
 static uint64_t ns_since(uint64_t t0) { return bench_now_ns() - t0; }
 
@@ -213,6 +215,26 @@ static uint16_t free_port(void)
 	return ntohs(a.sin_port);
 }
 
+/* The transport node 0's config names ("transport = ..."), so that the
+ * raw limit runs over the same one as the cluster; zmq if it says none. */
+static enum tp_kind cluster_kind(const char *dir)
+{
+	char path[4096], line[256], val[32];
+	enum tp_kind k = TP_KIND_ZMQ;
+	FILE *f;
+
+	snprintf(path, sizeof path, "%s/node0/capdsmd.conf", dir);
+	f = fopen(path, "r");
+	if (!f)
+		return k;
+	while (fgets(line, sizeof line, f))
+		if (sscanf(line, " transport = %31s", val) == 1 &&
+		    tp_kind_parse(val, &k) != 0)
+			bench_die("%s: unknown transport %s", path, val);
+	fclose(f);
+	return k;
+}
+
 static struct tp *raw_open(const struct raw_keys *k, uint32_t self)
 {
 	struct tp_peer_cfg peers[2];
@@ -220,6 +242,7 @@ static struct tp *raw_open(const struct raw_keys *k, uint32_t self)
 		.self = self,
 		.npeers = 2,
 		.peers = peers,
+		.kind = kind,
 		.plaintext = plaintext,
 		.queue_limit = 4096,
 	};
@@ -1155,7 +1178,7 @@ struct series {
 };
 
 static long runs;
-static char where[320];
+static char where[400];
 static const char *suffix = "";
 
 static void report(const char *name, const char *unit, const char *limit_name,
@@ -1363,6 +1386,7 @@ static void usage(void)
 	fprintf(stderr,
 	        "usage: bench_remote --dir CLUSTER_DIR --mode polling|blocking\n"
 	        "                    [--poll-us N] [--plaintext] [--ops N]\n"
+	        "                    [--transport zmq|tcp]\n"
 	        "                    [--segment N] [--scan-pages N] [--runs N]\n"
 	        "                    [--client-cpu N] [--server-cpu N]\n"
 	        "                    [--home-cpu N] [--requester-cpu N]\n"
@@ -1391,6 +1415,7 @@ int main(int argc, char **argv)
 		{ "mode", required_argument, NULL, 'M' },
 		{ "poll-us", required_argument, NULL, 'P' },
 		{ "plaintext", no_argument, NULL, 'T' },
+		{ "transport", required_argument, NULL, 't' },
 		{ "ops", required_argument, NULL, 'o' },
 		{ "segment", required_argument, NULL, 'S' },
 		{ "scan-pages", required_argument, NULL, 'n' },
@@ -1411,13 +1436,18 @@ int main(int argc, char **argv)
 	bool quick = false;
 	int o;
 
-	while ((o = getopt_long(argc, argv, "d:M:P:To:S:n:r:C:D:H:R:g:m:c:q", opts,
+	while ((o = getopt_long(argc, argv, "d:M:P:Tt:o:S:n:r:C:D:H:R:g:m:c:q", opts,
 	                        NULL)) != -1) {
 		switch (o) {
 		case 'd': dir = optarg; break;
 		case 'M': mode = optarg; break;
 		case 'P': poll_arg = bench_arg_long("--poll-us", optarg, 0, 1000000); break;
 		case 'T': plaintext = true; break;
+		case 't':
+			if (tp_kind_parse(optarg, &kind) != 0)
+				usage();
+			kind_given = true;
+			break;
 		case 'o': ops = (size_t)bench_arg_long("--ops", optarg, 2, 1 << 16); break;
 		case 'S': seg = (size_t)bench_arg_long("--segment", optarg, 1, 1 << 16); break;
 		case 'n':
@@ -1450,6 +1480,8 @@ int main(int argc, char **argv)
 	}
 	if (!dir || !mode || optind != argc)
 		usage();
+	if (!kind_given)
+		kind = cluster_kind(dir);
 	if (!strcmp(mode, "polling"))
 		polling = true;
 	else if (strcmp(mode, "blocking"))
@@ -1535,9 +1567,16 @@ int main(int argc, char **argv)
 			         "responder and MPI rank 1 on cpu %d; MPI rank 0 with "
 			         "the client", nnodes, client_cpu, b_cpu, a_cpu);
 	}
-	printf("cluster %s: %d nodes, %s, transport %s; %ld runs of %zu "
+	{
+		char tmp[sizeof where];
+		snprintf(tmp, sizeof tmp, "%s", where);
+		snprintf(where, sizeof where, "transport %s (%s), %s",
+		         tp_kind_str(kind), plaintext ? "plaintext" : "encrypted", tmp);
+	}
+	printf("cluster %s: %d nodes, %s, transport %s (%s); %ld runs of %zu "
 	       "operations in segments of %zu\n\n", dir, nnodes, mode,
-	       plaintext ? "plaintext" : "CURVE", runs, ops, seg);
+	       tp_kind_str(kind), plaintext ? "plaintext" : "encrypted", runs,
+	       ops, seg);
 	fflush(stdout);
 
 	/* Warm everything once (connections, the pager, the transport). */

@@ -1191,6 +1191,12 @@ int node_cluster_init(struct node *n, char *err, size_t errlen)
 
 	if (c->nodes <= 1)
 		return 0;
+	rc = tp_kind_parse(c->transport, &tc.kind);
+	if (rc) {
+		snprintf(err, errlen, "cluster.transport = %s: zmq or tcp",
+		         c->transport);
+		return rc;
+	}
 	n->clustered = true;
 	n->outstanding_max = cc.max_outstanding;
 	if (c->prefetch_pages > c->remote_frames / 4) {

@@ -165,7 +165,7 @@ static int on_key(void *user, const char *section, const char *name,
 	else if (IS("cluster", "nodes"))
 		rc = set_u32(&c->nodes, value);
 	else if (IS("cluster", "transport"))
-		rc = strcmp(value, "zmq") == 0
+		rc = strcmp(value, "zmq") == 0 || strcmp(value, "tcp") == 0
 		             ? set_str(c->transport, sizeof c->transport, value)
 		             : -EINVAL;
 	else if (IS("cluster", "secret_key_file"))

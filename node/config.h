@@ -34,7 +34,8 @@ struct node_config {
 	/* cluster: nodes 0..nodes-1, each a [peer.K] section; nodes = 1 and
 	 * no peers is a cluster of one */
 	uint32_t nodes;
-	char transport[16];     /* "zmq" */
+	char transport[16];     /* "zmq" (ZeroMQ + CURVE) or "tcp" (TCP +
+	                           libsodium, in the daemon's own loop) */
 	char secret_key_file[512]; /* this node's CURVE secret key, Z85 */
 	char secret_key[CFG_KEY_LEN + 1]; /* read from the file at check */
 	bool plaintext;         /* explicit: no CURVE (benchmarks only) */

@@ -430,6 +430,7 @@ struct up_plan {
 	uint32_t nodes;
 	struct pools pools;
 	bool plaintext, netns;
+	const char *transport;                /* "zmq" or "tcp" */
 	struct tool_netns ns;                 /* with netns */
 	char host[TOOL_MAX_NODES][16];        /* node K's IPv4 address */
 	uint16_t port[TOOL_MAX_NODES];        /* and its TCP port */
@@ -445,10 +446,10 @@ static void write_cluster(FILE *f, const char *dir, uint32_t k,
 	if (tool_node_path(key, sizeof(key), dir, k, KEY_NAME))
 		key[0] = '\0'; /* cannot happen: the socket path is longer */
 	fprintf(f,
-	        "[cluster]\nnodes = %" PRIu32 "\ntransport = zmq\n"
+	        "[cluster]\nnodes = %" PRIu32 "\ntransport = %s\n"
 	        "secret_key_file = %s\nplaintext = %s\n"
 	        "heartbeat_ms = %d\ndead_after_ms = %d\n",
-	        p->nodes, key, p->plaintext ? "true" : "false", HEARTBEAT_MS,
+	        p->nodes, p->transport, key, p->plaintext ? "true" : "false", HEARTBEAT_MS,
 	        DEAD_AFTER_MS);
 	for (uint32_t j = 0; j < p->nodes; j++)
 		fprintf(f,
@@ -795,9 +796,10 @@ static int up_check_cluster(const struct tool_args *a, struct up_plan *pl)
 {
 	int rc;
 
-	if (a->transport && strcmp(a->transport, "zmq") != 0)
-		return tool_fail(a, "--transport %s: the only transport is zmq",
-		                 a->transport);
+	if (a->transport && strcmp(a->transport, "zmq") != 0 &&
+	    strcmp(a->transport, "tcp") != 0)
+		return tool_fail(a, "--transport %s: zmq or tcp", a->transport);
+	pl->transport = a->transport ? a->transport : "zmq";
 	if (a->nodes == 1 && (a->seen & (TOOL_O_PLAINTEXT | TOOL_O_BASE_PORT)))
 		return tool_fail(a, "--plaintext and --base-port need --nodes "
 		                 "2 or more (a lone node has no peers)");

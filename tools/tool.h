@@ -64,7 +64,7 @@ struct tool_args {
 	uint32_t nodes;     /* cluster up */
 	uint32_t frames, objects, clients; /* cluster up pool overrides */
 	const char *config_extra;
-	const char *transport; /* --transport, "zmq" (the only one) */
+	const char *transport; /* --transport: "zmq" (default) or "tcp" */
 	bool plaintext;        /* --plaintext: no CURVE (benchmarks) */
 	bool netns;            /* --netns: a network namespace per node */
 	uint32_t base_port;    /* --base-port P: node K listens on P+K */
