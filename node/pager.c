@@ -151,17 +151,16 @@ int node_pager_premap(struct node *n, struct mapping *m, uint64_t addr,
 {
 	bool protect = read_only_page && (m->rights & CAP_R_WRITE);
 	/* As in node_pager_resolve: a thread may be faulting on this very
-	 * page now; it must not run before the page is write-protected. */
+	 * page now; it must not run before the page is write-protected. No
+	 * UFFDIO_WAKE afterwards: such a thread's fault is still ahead of us
+	 * (read-ahead skips pages a parked fault waits for), and resolving
+	 * it finds the page mapped (-EEXIST) and wakes it then. */
 	int rc = resolve_minor(m->uffd, addr, protect);
 
 	if (rc == -EEXIST)
 		return 0; /* mapped already, in the mode its state allows */
-	if (!rc && protect) {
+	if (!rc && protect)
 		rc = write_protect(m->uffd, addr, PAGE, true);
-		int w = wake(m->uffd, addr);
-		if (!rc)
-			rc = w;
-	}
 	if (!rc)
 		n->ct.prefetch_mapped++;
 	return rc;
