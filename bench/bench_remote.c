@@ -1568,10 +1568,16 @@ int main(int argc, char **argv)
 			         "the client", nnodes, client_cpu, b_cpu, a_cpu);
 	}
 	{
-		char tmp[sizeof where];
-		snprintf(tmp, sizeof tmp, "%s", where);
-		snprintf(where, sizeof where, "transport %s (%s), %s",
-		         tp_kind_str(kind), plaintext ? "plaintext" : "encrypted", tmp);
+		char pre[48];
+		int pl = snprintf(pre, sizeof pre, "transport %s (%s), ",
+		                  tp_kind_str(kind),
+		                  plaintext ? "plaintext" : "encrypted");
+		size_t wl = strlen(where);
+		if (wl + (size_t)pl >= sizeof where)
+			wl = sizeof where - (size_t)pl - 1;
+		memmove(where + pl, where, wl);
+		memcpy(where, pre, (size_t)pl);
+		where[(size_t)pl + wl] = '\0';
 	}
 	printf("cluster %s: %d nodes, %s, transport %s (%s); %ld runs of %zu "
 	       "operations in segments of %zu\n\n", dir, nnodes, mode,

@@ -75,6 +75,18 @@ struct capdsm_bank_info {
  * -EACCES, or an error of the daemon. */
 CAPDSM_API int capdsm_connect(const char *socket_path, const char *bank_ref,
                               struct capdsm **out);
+/* Adaptive waiting for replies, as the daemon's node.poll_us: after each
+ * request, try for up to `us` microseconds to receive the reply without
+ * sleeping (yielding the CPU between tries), then sleep in recv(). Waking
+ * a sleeping thread costs tens of microseconds on virtual machines, so a
+ * few hundred microseconds of polling makes short requests (a lock, a
+ * remote 4 KiB read) several times faster, at the price of a busy CPU
+ * while waiting. 0 (the default, or the environment's CAPDSM_POLL_US at
+ * connect) sleeps at once. Returns 0, or -EINVAL for c NULL or us above
+ * CAPDSM_POLL_US_MAX. The spin-then-block idea is that of adaptive
+ * mutexes and of Linux's busy-poll sockets (SO_BUSY_POLL). */
+#define CAPDSM_POLL_US_MAX 1000000u
+CAPDSM_API int capdsm_set_poll_us(struct capdsm *c, uint32_t us);
 /* Unmaps every mapping, closes the connection; the daemon releases this
  * session's locks, mappings and slots. Cannot fail. */
 CAPDSM_API void capdsm_close(struct capdsm *c);

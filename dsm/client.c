@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "caps.h"
@@ -51,6 +53,7 @@ struct capdsm {
 	uint64_t next_id;
 	uint32_t self;
 	uint32_t max_payload;
+	uint32_t poll_us; /* spin this long for a reply before sleeping */
 	struct cmap *maps;
 	uint8_t msg[sizeof(struct wire_hdr) + WIRE_MSG_MAX]; /* header + request */
 	/* Replies are read in as large pieces as the socket has (a small reply
@@ -101,6 +104,36 @@ static void reply_free(struct capdsm *c, Capdsm__Reply *r)
 	(void)r;
 }
 
+/* Adaptive waiting (capdsm_set_poll_us): tries a non-blocking receive,
+ * yielding the CPU between tries, for up to poll_us; returns the bytes
+ * received (> 0), or 0 when the time ran out or the receive failed (the
+ * blocking receive that follows then sleeps, or reports the error). The
+ * clock is read every 16 tries: it is a system call on some machines. */
+static ssize_t spin_recv(struct capdsm *c)
+{
+	struct timespec t0, t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (uint32_t i = 1;; i++) {
+		ssize_t r = recv(c->fd, c->in + c->in_have,
+		                 sizeof c->in - c->in_have, MSG_DONTWAIT);
+		if (r > 0) {
+			c->in_have += (uint32_t)r;
+			return r;
+		}
+		if (r == 0 || (errno != EAGAIN && errno != EINTR))
+			return 0;
+		sched_yield();
+		if (i % 16 == 0) {
+			clock_gettime(CLOCK_MONOTONIC, &t);
+			if ((uint64_t)(t.tv_sec - t0.tv_sec) * 1000000000u +
+			            (uint64_t)(t.tv_nsec - t0.tv_nsec) >=
+			    (uint64_t)c->poll_us * 1000u)
+				return 0;
+		}
+	}
+}
+
 /* Makes `n` bytes available at c->in + c->in_off, receiving as much as
  * fits. Returns 0 or a negative errno (-ECONNRESET at end of stream). */
 static int in_need(struct capdsm *c, uint32_t n, int *fd)
@@ -117,6 +150,8 @@ static int in_need(struct capdsm *c, uint32_t n, int *fd)
 		 * closes any that a daemon would send unasked. */
 		ssize_t r;
 
+		if (c->poll_us && !fd && spin_recv(c) > 0)
+			continue;
 		if (fd) {
 			r = wire_recv_some(c->fd, c->in + c->in_have,
 			                   sizeof c->in - c->in_have, fd, 0);
@@ -359,6 +394,13 @@ int capdsm_connect(const char *socket_path, const char *bank_ref,
 	c = calloc(1, sizeof *c);
 	if (!c)
 		return -ENOMEM;
+	const char *pe = getenv("CAPDSM_POLL_US");
+	if (pe && *pe) {
+		char *end;
+		unsigned long v = strtoul(pe, &end, 10);
+		if (*end == '\0' && v <= CAPDSM_POLL_US_MAX)
+			c->poll_us = (uint32_t)v;
+	}
 	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&a, sizeof a) != 0) {
 		rc = -errno;
@@ -894,4 +936,12 @@ int capdsm_rights_parse(const char *s, uint32_t *rights)
 int capdsm_rights_format(uint32_t rights, char *buf, size_t len)
 {
 	return cap_rights_format(rights, buf, len);
+}
+
+int capdsm_set_poll_us(struct capdsm *c, uint32_t us)
+{
+	if (!c || us > CAPDSM_POLL_US_MAX)
+		return -EINVAL;
+	c->poll_us = us;
+	return 0;
 }

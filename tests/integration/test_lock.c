@@ -211,12 +211,83 @@ static void test_try_lock_when_held(void **state)
 	it_close(c);
 }
 
+/* A client that polls for replies (capdsm_set_poll_us) gets the same
+ * answers: bad settings are refused; short requests are answered within
+ * the spin; a lock granted only long after the spin ran out still
+ * arrives (the client went to sleep in recv and was woken). The
+ * environment's CAPDSM_POLL_US is taken at connect, and ignored when it is
+ * not a number in range. */
+static void test_polling_client(void **state)
+{
+	struct capdsm *a = it_connect();
+	uint32_t obj;
+	uint8_t buf[PAGE], back[PAGE];
+	char ref[CAPDSM_REF_MAX];
+	int ready[2];
+
+	(void)state;
+	assert_int_equal(capdsm_set_poll_us(NULL, 10), -EINVAL);
+	assert_int_equal(capdsm_set_poll_us(a, CAPDSM_POLL_US_MAX + 1), -EINVAL);
+	IT_OK(a, capdsm_set_poll_us(a, 500));
+	IT_OK(a, capdsm_object_create(a, CAPDSM_SESSION_BANK, PAGE, &obj));
+	IT_OK(a, capdsm_export(a, obj, ref, sizeof ref));
+	for (int i = 0; i < 200; i++) {
+		th_fill(buf, sizeof buf, (uint32_t)i);
+		IT_OK(a, capdsm_write(a, obj, 0, buf, sizeof buf));
+		IT_OK(a, capdsm_read(a, obj, 0, back, sizeof back));
+		assert_memory_equal(buf, back, sizeof buf);
+	}
+
+	/* A child polling 200 us asks for the lock a holds; a lets go after
+	 * 300 ms. The child checks it waited, and exits 0. */
+	IT_OK(a, capdsm_lock(a, obj, 0, 8, CAPDSM_LOCK_EXCLUSIVE));
+	assert_int_equal(pipe(ready), 0);
+	pid_t kid = th_fork(20);
+	assert_true(kid >= 0);
+	if (kid == 0) {
+		struct timespec t0, t1;
+		uint32_t s;
+		setenv("CAPDSM_POLL_US", "200", 1);
+		struct capdsm *b = child_connect_import(ref, &s);
+		TH_CHILD_CHECK(write(ready[1], "r", 1) == 1, 20);
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		TH_CHILD_CHECK(capdsm_lock(b, s, 0, 8, CAPDSM_LOCK_EXCLUSIVE) == 0, 21);
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		TH_CHILD_CHECK((t1.tv_sec - t0.tv_sec) * 1000000000L +
+		                       (t1.tv_nsec - t0.tv_nsec) >= 200000000L, 22);
+		TH_CHILD_CHECK(capdsm_unlock(b, s, 0, 8) == 0, 23);
+		capdsm_close(b);
+		_exit(0);
+	}
+	char ch;
+	assert_int_equal(read(ready[0], &ch, 1), 1);
+	pause_us(300000);
+	IT_OK(a, capdsm_unlock(a, obj, 0, 8));
+	assert_int_equal(th_wait_exit(kid, 10000), 0);
+	close(ready[0]);
+	close(ready[1]);
+
+	/* A malformed setting in the environment is ignored: the connection
+	 * works as a sleeping one. */
+	setenv("CAPDSM_POLL_US", "lots", 1);
+	struct capdsm *d = it_connect();
+	unsetenv("CAPDSM_POLL_US");
+	uint32_t od;
+	IT_OK(d, capdsm_object_create(d, CAPDSM_SESSION_BANK, PAGE, &od));
+	IT_OK(d, capdsm_write(d, od, 0, buf, sizeof buf));
+	IT_OK(d, capdsm_read(d, od, 0, back, sizeof back));
+	assert_memory_equal(buf, back, sizeof buf);
+	it_close(d);
+	it_close(a);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		IT_TEST(test_counter_under_lock_reaches_4n),
 		IT_TEST(test_fifo_exclusive_waiter_not_starved),
 		IT_TEST(test_try_lock_when_held),
+		IT_TEST(test_polling_client),
 	};
 	return IT_RUN("integration.lock", tests, true);
 }
