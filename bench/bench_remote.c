@@ -501,7 +501,18 @@ static uint64_t echo_batch(int fd, size_t n)
 
 	for (size_t i = 0; i < n; i++) {
 		bench_send_all(fd, b, sizeof b);
-		if (bench_recv_all(fd, b, sizeof b))
+		/* Polling: wait as a polling client library does
+		 * (capdsm_set_poll_us): non-blocking receives, yielding. */
+		for (size_t got = 0; polling && got < sizeof b;) {
+			ssize_t k = recv(fd, b + got, sizeof b - got, MSG_DONTWAIT);
+			if (k > 0)
+				got += (size_t)k;
+			else if (k == 0 || (errno != EAGAIN && errno != EINTR))
+				bench_die("echo process went away");
+			else
+				sched_yield();
+		}
+		if (!polling && bench_recv_all(fd, b, sizeof b))
 			bench_die("echo process went away");
 	}
 	return ns_since(t0);
@@ -1074,18 +1085,24 @@ struct touch {
 	bool write;
 };
 
-/* Touches pages [from, from + n) one each, never two consecutive ones in a
- * row (even offsets up, then odd ones down, so the next segment's first
- * page does not follow this one's last): every fault is a single miss,
- * never read ahead by the daemon (that is the scan's figure). */
+/* The k-th page of [from, from + n) in an order with no two neighbours in
+ * a row (even offsets up, then odd ones down, so the next segment's first
+ * page does not follow this one's last either): every access is a single
+ * miss, never read ahead by the daemon (that is the scan's figure). */
+static size_t apart(size_t from, size_t n, size_t k)
+{
+	size_t evens = (n + 1) / 2;
+
+	return from + (k < evens ? 2 * k : 2 * (n - 1 - k) + 1);
+}
+
 static uint64_t touch_seg(void *arg, size_t from, size_t n)
 {
 	struct touch *t = arg;
 	uint64_t t0 = bench_now_ns(), ns, bad = 0;
-	size_t evens = (n + 1) / 2;
 
 	for (size_t k = 0; k < n; k++) {
-		size_t i = from + (k < evens ? 2 * k : 2 * (n - 1 - k) + 1);
+		size_t i = apart(from, n, k);
 		volatile uint64_t *w = (volatile uint64_t *)(t->p + i * BENCH_PAGE);
 		if (t->write)
 			*w = t->tag + i;
@@ -1139,6 +1156,31 @@ static uint64_t lock_seg(void *arg, size_t from, size_t n)
 		    capdsm_unlock(cn[1], l->slot, 0, BENCH_PAGE))
 			bench_die("remote lock/unlock: %s", capdsm_strerror(cn[1]));
 	return ns_since(t0);
+}
+
+/* Explicit 4 KiB reads through node 1 of single pages homed on node 0. */
+struct xread {
+	uint32_t slot;
+	uint64_t tag; /* page i starts with tag + i */
+};
+
+static uint64_t xread_seg(void *arg, size_t from, size_t n)
+{
+	struct xread *x = arg;
+	static uint64_t buf[BENCH_PAGE / 8];
+	uint64_t t0 = bench_now_ns(), ns, bad = 0;
+
+	for (size_t k = 0; k < n; k++) {
+		size_t i = apart(from, n, k);
+		if (capdsm_read(cn[1], x->slot, i * BENCH_PAGE, buf, BENCH_PAGE))
+			bench_die("remote read: %s", capdsm_strerror(cn[1]));
+		bad += buf[0] != x->tag + i;
+	}
+	ns = ns_since(t0);
+	if (bad)
+		bench_die("capdsm_read returned the wrong data (%llu pages)",
+		          (unsigned long long)bad);
+	return ns;
 }
 
 struct scan {
@@ -1325,6 +1367,31 @@ static void case_pingpong(long r, double *xfer, double *rt4k, double *bare,
 	msgs_of(&c0, &c1, ops, mout, min);
 }
 
+/* B reads single pages of an object A wrote last with capdsm_read, 4 KiB
+ * each: the same access as MPI_Get's. Stores µs per read and the limit
+ * parts' µs. */
+static void case_xread(long r, bool with_mpi, double *rd, double *rt4k,
+                       double *unix_us, double *mpi_us)
+{
+	struct robj o;
+	uint64_t tag = ((uint64_t)r << 32) | 0x7700000000000000ull;
+
+	robj_create(&o, ops);
+	robj_fill(&o, 0, tag);
+	robj_import(&o, 1);
+	struct xread x = { .slot = o.slot[1], .tag = tag };
+	struct part p[4] = {
+		{ xread_seg, &x, 0 }, { rt4k_seg, NULL, 0 }, { echo_seg, NULL, 0 },
+		{ mpi_seg, NULL, 0 },
+	};
+	interleave(p, with_mpi ? 4 : 3, ops, seg, r);
+	robj_destroy(&o);
+	*rd = us_per(p[0].ns, ops);
+	*rt4k = us_per(p[1].ns, ops);
+	*unix_us = us_per(p[2].ns, ops);
+	*mpi_us = with_mpi ? us_per(p[3].ns, ops) : 0;
+}
+
 static void case_lock(long r, double *pair, double *rt64, double *unix_us,
                       double *pmsgs)
 {
@@ -1391,7 +1458,7 @@ static void usage(void)
 	        "                    [--client-cpu N] [--server-cpu N]\n"
 	        "                    [--home-cpu N] [--requester-cpu N]\n"
 	        "                    [--mpi-get PATH] [--mpirun PATH]\n"
-	        "                    [--cases read,third,write,pingpong,lock,scan]\n"
+	        "                    [--cases read,xread,third,write,pingpong,lock,scan]\n"
 	        "                    [--quick]\n");
 	exit(2);
 }
@@ -1534,6 +1601,9 @@ int main(int argc, char **argv)
 			break;
 		if (capdsm_connect(sock, NULL, &cn[nnodes]))
 			bench_die("connect %s: %s", sock, capdsm_strerror(NULL));
+		/* The client waits for replies as the daemons do. */
+		if (polling && capdsm_set_poll_us(cn[nnodes], poll_us))
+			bench_die("capdsm_set_poll_us(%u) refused", poll_us);
 	}
 	if (nnodes < 3)
 		bench_die("%s: need a cluster of at least 3 nodes, found %d", dir,
@@ -1541,7 +1611,7 @@ int main(int argc, char **argv)
 
 	handler_start(&hnd);
 	bool with_mpi = false;
-	if (want(cases, "read")) {
+	if (want(cases, "read") || want(cases, "xread")) {
 		if (!mpi_get)
 			printf("(MPI comparison skipped: bench/mpi_get not built, MPI "
 			       "was not found at build time)\n");
@@ -1635,6 +1705,33 @@ int main(int argc, char **argv)
 		       "coh_msgs_out summed over nodes around the batch / faults",
 		       BENCH_LOWER_IS_BETTER, 1.0, &mm, "coh_msgs_in per fault",
 		       NULL, NULL);
+	}
+	if (want(cases, "xread")) {
+		struct series f, m;
+		for (long r = 0; r < runs; r++) {
+			double rt4k, ux, mpi_us;
+			case_xread(r, with_mpi, &f.v[r], &rt4k, &ux, &mpi_us);
+			f.l[r] = rt4k + ux;
+			f.a[0][r] = rt4k;
+			f.a[1][r] = ux;
+			f.a[2][r] = mpi_us;
+			m.v[r] = f.v[r];
+			m.l[r] = mpi_us;
+		}
+		report("remote_read_explicit_home", "us",
+		       "raw transport round trip (64 B request, 4 KiB reply) + "
+		       "AF_UNIX 64 B round trip (the client's hop to its daemon)",
+		       what, BENCH_LOWER_IS_BETTER, 1.3, &f,
+		       "raw transport round trip 64 B / 4 KiB",
+		       "AF_UNIX round trip 64 B / 64 B",
+		       with_mpi ? "MPI_Win_lock + MPI_Get 4 KiB + MPI_Win_unlock "
+		                  "(TCP loopback)" : NULL);
+		if (with_mpi)
+			report("remote_read_explicit_home_vs_mpi_get", "us",
+			       "OpenMPI 4 KiB MPI_Get under MPI_Win_lock(shared)/"
+			       "MPI_Win_unlock, osc pt2pt over btl tcp on lo, ranks "
+			       "busy-polling",
+			       what, BENCH_LOWER_IS_BETTER, 1.0, &m, NULL, NULL, NULL);
 	}
 	if (want(cases, "third")) {
 		struct series f, mm;

@@ -799,7 +799,6 @@ static int up_check_cluster(const struct tool_args *a, struct up_plan *pl)
 	if (a->transport && strcmp(a->transport, "zmq") != 0 &&
 	    strcmp(a->transport, "tcp") != 0)
 		return tool_fail(a, "--transport %s: zmq or tcp", a->transport);
-	pl->transport = a->transport ? a->transport : "zmq";
 	if (a->nodes == 1 && (a->seen & (TOOL_O_PLAINTEXT | TOOL_O_BASE_PORT)))
 		return tool_fail(a, "--plaintext and --base-port need --nodes "
 		                 "2 or more (a lone node has no peers)");
@@ -817,6 +816,7 @@ static int up_check_cluster(const struct tool_args *a, struct up_plan *pl)
 		.pools = up_pools(a),
 		.plaintext = a->plaintext,
 		.netns = a->netns,
+		.transport = a->transport ? a->transport : "zmq",
 	};
 	if (!a->netns)
 		return TOOL_EXIT_OK;

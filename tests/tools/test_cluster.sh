@@ -155,8 +155,8 @@ up "$L" --nodes 1
 # ---- refusals ----
 refused "need --nodes 2 or more" \
 	"$CAPDSM" cluster up --dir "$T/r" --nodes 1 --plaintext
-refused "the only transport is zmq" \
-	"$CAPDSM" cluster up --dir "$T/r" --nodes 2 --transport tcp
+refused "zmq or tcp" \
+	"$CAPDSM" cluster up --dir "$T/r" --nodes 2 --transport rdma
 refused "must lie within 1 to 65535" \
 	"$CAPDSM" cluster up --dir "$T/r" --nodes 3 --base-port 65534
 [ ! -e "$T/r" ] || fail "a refused up created its directory"
