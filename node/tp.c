@@ -34,8 +34,7 @@ int tp_open(struct tp **out, const struct tp_config *cfg, char *err,
 	if (rc)
 		return rc;
 	if (cfg->kind == TP_KIND_TCP)
-		return tp__fail(err, errlen, -ENOTSUP,
-		                "the tcp transport is not built yet");
+		return tp__tcp_open(out, cfg, err, errlen);
 	return tp__zmq_open(out, cfg, err, errlen);
 }
 

@@ -745,6 +745,15 @@ int tp__poll_begin(struct tp *t, uint64_t now)
 	return 0;
 }
 
+int tp__clear(struct tp *t, uint32_t kind)
+{
+	uint64_t v;
+	int fd = kind == TP__K_TIMER ? t->tfd : t->kfd;
+	if (read(fd, &v, sizeof v) < 0 && errno != EAGAIN)
+		return -errno;
+	return 0;
+}
+
 int tp__poll_end(struct tp *t, const struct tp_handlers *h, void *ctx,
                  uint64_t now)
 {

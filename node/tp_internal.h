@@ -139,6 +139,20 @@ static inline uint64_t tp__tag(uint32_t kind, uint32_t gen, uint32_t idx)
 	return (uint64_t)kind << 48 | (uint64_t)(gen & 0xffff) << 32 | idx;
 }
 
+struct tp__event {
+	uint32_t kind, idx, events;
+	uint16_t gen;
+};
+
+/* Decodes t->evs[i] (an event of t->epfd). */
+static inline struct tp__event tp__event(const struct epoll_event *ev)
+{
+	return (struct tp__event){ .kind = (uint32_t)(ev->data.u64 >> 48),
+		                   .gen = (uint16_t)(ev->data.u64 >> 32),
+		                   .idx = (uint32_t)ev->data.u64,
+		                   .events = ev->events };
+}
+
 /* Origin arguments of tp__receive besides a node id. */
 #define TP__ANYONE UINT32_MAX        /* plaintext: the header's claim */
 #define TP__NOBODY (UINT32_MAX - 1)  /* no authenticated origin: spoofed */
@@ -213,6 +227,9 @@ void tp__notify_down(struct tp *t, uint32_t peer, enum tp_down_reason why);
 int tp__poll_begin(struct tp *t, uint64_t now);
 int tp__poll_end(struct tp *t, const struct tp_handlers *h, void *ctx,
                  uint64_t now);
+/* Reads the timerfd (TP__K_TIMER) or the kick (TP__K_KICK) reported
+ * readable, so it stops being so. Returns 0 or -errno. */
+int tp__clear(struct tp *t, uint32_t kind);
 
 /* ---- the implementations ---- */
 

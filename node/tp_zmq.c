@@ -575,13 +575,12 @@ static int zt_poll(struct tp *t, const struct tp_handlers *h, void *ctx)
 	if (k < 0 && errno != EINTR)
 		return -errno;
 	for (int i = 0; i < k; i++) { /* Z3 */
-		uint32_t kind = (uint32_t)(t->evs[i].data.u64 >> 48);
-		uint32_t idx = (uint32_t)t->evs[i].data.u64;
-		uint64_t v;
+		struct tp__event ev = tp__event(&t->evs[i]);
+		uint32_t idx = ev.idx;
 		int zev;
 		size_t zl = sizeof zev;
 
-		switch (kind) {
+		switch (ev.kind) {
 		case K_PULL:
 			t->rx_more = true;
 			break;
@@ -613,12 +612,10 @@ static int zt_poll(struct tp *t, const struct tp_handlers *h, void *ctx)
 				               &zl);
 			break;
 		case TP__K_TIMER:
-			if (read(t->tfd, &v, sizeof v) < 0 && errno != EAGAIN)
-				return -errno;
-			break;
 		case TP__K_KICK:
-			if (read(t->kfd, &v, sizeof v) < 0 && errno != EAGAIN)
-				return -errno;
+			rc = tp__clear(t, ev.kind);
+			if (rc)
+				return rc;
 			break;
 		}
 	}

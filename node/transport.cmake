@@ -1,7 +1,7 @@
 # capdsm_transport: node-to-node transport (transport.h). tp.c dispatches
-# to the implementations (tp_zmq.c: ZeroMQ with CURVE); tp_common.c is
-# what they share. Included from node/CMakeLists.txt;
-# capdsmd links it.
+# by tp_config.kind to ZeroMQ with CURVE (tp_zmq.c) or to TCP with
+# libsodium (tp_tcp.c); tp_common.c is what both share. Included from
+# node/CMakeLists.txt; capdsmd links it.
 pkg_check_modules(ZMQ REQUIRED IMPORTED_TARGET libzmq)
 if(NOT TARGET PkgConfig::SODIUM)
   pkg_check_modules(SODIUM REQUIRED IMPORTED_TARGET libsodium)
@@ -9,6 +9,7 @@ endif()
 add_library(capdsm_transport STATIC
   ${CMAKE_CURRENT_LIST_DIR}/tp.c
   ${CMAKE_CURRENT_LIST_DIR}/tp_common.c
-  ${CMAKE_CURRENT_LIST_DIR}/tp_zmq.c)
+  ${CMAKE_CURRENT_LIST_DIR}/tp_zmq.c
+  ${CMAKE_CURRENT_LIST_DIR}/tp_tcp.c)
 target_include_directories(capdsm_transport PUBLIC ${CMAKE_CURRENT_LIST_DIR})
 target_link_libraries(capdsm_transport PUBLIC PkgConfig::ZMQ PkgConfig::SODIUM)
