@@ -200,10 +200,13 @@ static int write_config(const struct th_cluster *c, unsigned k)
 	        p->objects, p->caps, p->clients, p->slots_per_client, p->mappings,
 	        p->locks, p->sturdy, p->frames, (unsigned long long)p->limit_bytes,
 	        (unsigned long long)p->limit_objects);
+	const char *tpk = o->transport ? o->transport
+	                                : getenv("CAPDSM_TEST_TRANSPORT");
 	fprintf(f,
-	        "[cluster]\nnodes = %u\nsecret_key_file = %s\nplaintext = %s\n"
-	        "heartbeat_ms = %u\ndead_after_ms = %u\n",
-	        c->n, c->key_file[k], o->plaintext ? "true" : "false",
+	        "[cluster]\nnodes = %u\ntransport = %s\nsecret_key_file = %s\n"
+	        "plaintext = %s\nheartbeat_ms = %u\ndead_after_ms = %u\n",
+	        c->n, tpk && *tpk ? tpk : "zmq", c->key_file[k],
+	        o->plaintext ? "true" : "false",
 	        o->heartbeat_ms ? o->heartbeat_ms : 50,
 	        o->dead_after_ms ? o->dead_after_ms : 500);
 	for (unsigned j = 0; j < c->n; j++) {

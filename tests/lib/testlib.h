@@ -217,6 +217,10 @@ struct th_cluster_opts {
 	uint32_t dead_after_ms; /* 0: 500 */
 	uint32_t poll_us;       /* node.poll_us; 0: the daemon's default */
 	bool plaintext;         /* cluster.plaintext = true (no CURVE) */
+	/* cluster.transport: "zmq" or "tcp"; NULL: the environment's
+	 * CAPDSM_TEST_TRANSPORT, else "zmq" (so every multi-node test can run
+	 * over either transport, see tests/multinode/CMakeLists.txt) */
+	const char *transport;
 	const char *log_level;  /* NULL: "info" */
 	const struct th_config *pools; /* NULL: TH_CONFIG_DEFAULT */
 	const char *extra;      /* appended to every config (later wins) */
