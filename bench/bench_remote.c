@@ -347,14 +347,16 @@ static void raw_requester(int ctl, const struct raw_keys *k)
 	_exit(0);
 }
 
-/* The responder: the daemon's loop in miniature — poll the transport,
- * spin (tp_poll + sched_yield) for poll_us after the last event when
- * polling, else sleep on tp_fd; leaves when the benchmark closes ctl. */
+/* The responder: the daemon's loop in miniature, as a home serving other
+ * nodes — poll the transport, answer, and sleep on tp_fd (a daemon spins
+ * only after its own clients' events and while it awaits an answer, never
+ * after serving a peer: node/capdsmd.c); leaves when the benchmark closes
+ * ctl. The requester (raw_requester) awaits each answer spinning when
+ * polling, as the daemon that faulted does. */
 static void raw_responder(int ctl, const struct raw_keys *k)
 {
 	struct raw_ctx x = { .responder = true };
 	struct raw_msg sm = { .op = RAW_STREAM };
-	uint64_t last = 0;
 
 	x.t = raw_open(k, 1);
 	for (;;) {
@@ -371,19 +373,14 @@ static void raw_responder(int ctl, const struct raw_keys *k)
 			x.stream_left--;
 			n++;
 		}
-		uint64_t now = bench_now_ns();
-		if (n > 0)
-			last = now;
 		if (x.stream_left) {
 			/* The queue is full: wait for room, briefly. */
 			struct pollfd pf = { .fd = tp_fd(x.t), .events = POLLIN };
 			poll(&pf, 1, polling ? 0 : 1);
 			continue;
 		}
-		if (polling && now - last < (uint64_t)poll_us * 1000) {
-			sched_yield();
-			continue;
-		}
+		if (n > 0)
+			continue; /* drain before sleeping */
 		struct pollfd pf[2] = { { .fd = ctl, .events = POLLIN },
 			                { .fd = tp_fd(x.t), .events = POLLIN } };
 		if (poll(pf, 2, -1) < 0 && errno != EINTR)

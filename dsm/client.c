@@ -109,19 +109,27 @@ static void reply_free(struct capdsm *c, Capdsm__Reply *r)
  * received (> 0), or 0 when the time ran out or the receive failed (the
  * blocking receive that follows then sleeps, or reports the error). The
  * clock is read every 16 tries: it is a system call on some machines. */
-static ssize_t spin_recv(struct capdsm *c)
+static ssize_t spin_recv(struct capdsm *c, int *fd)
 {
 	struct timespec t0, t;
 
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	for (uint32_t i = 1;; i++) {
-		ssize_t r = recv(c->fd, c->in + c->in_have,
-		                 sizeof c->in - c->in_have, MSG_DONTWAIT);
+		ssize_t r;
+		if (fd) {
+			r = wire_recv_some(c->fd, c->in + c->in_have,
+			                   sizeof c->in - c->in_have, fd, MSG_DONTWAIT);
+		} else {
+			r = recv(c->fd, c->in + c->in_have, sizeof c->in - c->in_have,
+			         MSG_DONTWAIT);
+			if (r < 0)
+				r = -errno;
+		}
 		if (r > 0) {
 			c->in_have += (uint32_t)r;
 			return r;
 		}
-		if (r == 0 || (errno != EAGAIN && errno != EINTR))
+		if (r == 0 || (r != -EAGAIN && r != -EINTR))
 			return 0;
 		sched_yield();
 		if (i % 16 == 0) {
@@ -150,7 +158,7 @@ static int in_need(struct capdsm *c, uint32_t n, int *fd)
 		 * closes any that a daemon would send unasked. */
 		ssize_t r;
 
-		if (c->poll_us && !fd && spin_recv(c) > 0)
+		if (c->poll_us && spin_recv(c, fd) > 0)
 			continue;
 		if (fd) {
 			r = wire_recv_some(c->fd, c->in + c->in_have,

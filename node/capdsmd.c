@@ -430,9 +430,16 @@ static void sweep_sessions(struct node *n)
 }
 
 /* The loop. With poll_us > 0 it keeps polling (epoll_wait with a zero
- * timeout) for that long after the last event before it sleeps: waking a
- * sleeping thread costs tens of microseconds on these machines, an idle
- * spin costs a core, so the spin is short and bounded. */
+ * timeout, yielding the CPU between empty polls) for that long after the
+ * last event of its own clients (requests, faults) and while it awaits
+ * another node's answer, before it sleeps: waking a sleeping thread costs
+ * tens of microseconds on these machines, an idle spin costs a core, so
+ * the spin is short and bounded. Serving another node's request is not
+ * a reason to spin: that node will not ask again before it has our answer
+ * (and its own clients more work), and a home that spun after every
+ * answer would take the CPU from the very daemons it serves wherever
+ * nodes share cores — a spinner that lost its lag under a fair scheduler
+ * (EEVDF) is not picked for a long while once it does need to run. */
 static void node_run(struct node *n)
 {
 	struct epoll_event evs[64];
@@ -466,10 +473,9 @@ static void node_run(struct node *n)
 			sweep_sessions(n);
 			swept = now_us();
 		}
-		if (k > 0 && n->cfg.poll_us)
-			last = now_us();
-		else if (k == 0 && timeout == 0)
-			sched_yield(); /* spinning: let a peer's I/O thread run */
+		if (k == 0 && timeout == 0)
+			sched_yield(); /* spinning: let the others run */
+		bool own = false;
 		for (int i = 0; i < k; i++) {
 			uint32_t type = (uint32_t)(evs[i].data.u64 >> 32);
 			uint32_t idx = (uint32_t)evs[i].data.u64;
@@ -489,11 +495,13 @@ static void node_run(struct node *n)
 				break;
 			}
 			case EV_UFFD:
+				own = true;
 				if (idx < n->cfg.mappings && n->maps[idx].used &&
 				    n->maps[idx].uffd >= 0)
 					node_pager_events(n, &n->maps[idx]);
 				break;
 			case EV_CLIENT:
+				own = true;
 				if (s->used)
 					client_readable(n, s);
 				break;
@@ -502,6 +510,8 @@ static void node_run(struct node *n)
 				break;
 			}
 		}
+		if (k > 0 && n->cfg.poll_us && (own || node_cluster_awaiting(n)))
+			last = now_us();
 	}
 }
 

@@ -605,6 +605,20 @@ void node_cluster_forget(struct node *n, struct dobj *d)
 
 /* ---- imports ---- */
 
+/* A session starts or stops waiting for another node's answer. */
+static void remote_wait(struct node *n, struct session *s, bool on)
+{
+	if (on != s->remote_wait)
+		n->remote_waits += on ? 1 : (n->remote_waits ? -1 : 0);
+	s->remote_wait = on;
+}
+
+bool node_cluster_awaiting(const struct node *n)
+{
+	return n->clustered &&
+	       (coh_outstanding(n->coh) > 0 || n->remote_waits > 0);
+}
+
 static struct session *session_of_req(struct node *n, uint64_t req)
 {
 	uint32_t sid = (uint32_t)(req >> 32);
@@ -638,7 +652,7 @@ void node_cluster_import(struct node *n, struct session *s, uint64_t id,
 	im.ref = (char *)ref;
 	pm.body_case = CAPDSM__PEER__PEER_MSG__BODY_IMPORT;
 	pm.import = &im;
-	s->remote_wait = true;
+	remote_wait(n, s, true);
 	s->remote_id = id;
 	s->remote_node = home;
 	peer_send(n, home, &pm, NULL, 0);
@@ -722,7 +736,7 @@ static void on_import_reply(struct node *n, uint32_t from,
 			send_drop(n, from, ir->rslot);
 		return;
 	}
-	s->remote_wait = false;
+	remote_wait(n, s, false);
 	if (ir->status)
 		return node_send_error(n, s, s->remote_id, ir->status,
 		                       "import: node %u: %s", from,
@@ -853,7 +867,7 @@ void node_cluster_lock(struct node *n, struct session *s, uint64_t id,
 	lk.unlock = unlock;
 	pm.body_case = CAPDSM__PEER__PEER_MSG__BODY_LOCK;
 	pm.lock = &lk;
-	s->remote_wait = true;
+	remote_wait(n, s, true);
 	s->remote_id = id;
 	s->remote_node = d->home;
 	s->lock_nodes[d->home / 64] |= 1ull << (d->home % 64);
@@ -947,7 +961,7 @@ static void on_lock_reply(struct node *n, uint32_t from,
 
 	if (!s || s->remote_node != from)
 		return;
-	s->remote_wait = false;
+	remote_wait(n, s, false);
 	if (lr->status)
 		return node_send_error(n, s, s->remote_id, lr->status,
 		                       "lock: node %u: %s", from,
@@ -972,7 +986,7 @@ void node_cluster_session_closed(struct node *n, struct session *s)
 			peer_send(n, p, &pm, NULL, 0);
 	}
 	memset(s->lock_nodes, 0, sizeof s->lock_nodes);
-	s->remote_wait = false;
+	remote_wait(n, s, false);
 	s->op.active = false;
 }
 
@@ -1107,7 +1121,7 @@ static void on_peer(void *ctx, uint32_t peer, bool up, uint64_t inc,
 	for (uint32_t i = 0; i < n->cfg.clients; i++) {
 		struct session *s = &n->sessions[i];
 		if (s->used && s->remote_wait && s->remote_node == peer) {
-			s->remote_wait = false;
+			remote_wait(n, s, false);
 			node_send_error(n, s, s->remote_id, -EHOSTDOWN,
 			                "node %u went down", peer);
 		}

@@ -198,6 +198,7 @@ struct node {
 	struct tp *tp;
 	struct coh_node *coh;
 	uint32_t outstanding_max; /* the coherence node's max_outstanding */
+	uint32_t remote_waits;    /* sessions awaiting another node's answer */
 	uint32_t imports_clist;
 	struct rimport *imports;  /* cfg.sturdy records */
 	uint32_t *peer_clist;     /* per node: what it imported from us */
@@ -277,6 +278,9 @@ void node_cluster_lock(struct node *n, struct session *s, uint64_t id,
 void node_cluster_check_exports(struct node *n);
 void node_cluster_session_closed(struct node *n, struct session *s);
 void node_cluster_mapping_freed(struct node *n, struct mapping *m);
+/* Whether this node awaits an answer from another node: a coherence
+ * request in flight, or a session's remote import or lock. */
+bool node_cluster_awaiting(const struct node *n);
 void node_lock_granted(void *ctx, const struct coh_lock_req *r);
 /* Internal to node/: resumes what waited for coherence DONEs; answers a
  * remote owner's lock grant. */

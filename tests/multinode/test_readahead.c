@@ -192,8 +192,10 @@ static void test_reader_racing_a_sweeping_writer(void **state)
 
 	volatile uint64_t *p = map(c1, s1, CAPDSM_R_READ);
 	uint64_t seen_max = 0, scans = 0, checked = 0;
-	int64_t until = mn_now_us() + 3000000;
-	while (mn_now_us() < until || scans < 3) {
+	/* Until the writer has swept several rounds under our eyes (or 10 s:
+	 * then it did not really run, and the test fails below). */
+	int64_t until = mn_now_us() + 10000000;
+	while ((mn_now_us() < until && seen_max < 5) || scans < 3) {
 		uint64_t hi = 0;
 		for (size_t i = 0; i < NPAGES; i++) {
 			uint64_t v = p[i * PAGE / 8];
@@ -211,8 +213,6 @@ static void test_reader_racing_a_sweeping_writer(void **state)
 		if (hi > seen_max)
 			seen_max = hi;
 		scans++;
-		if (scans > 2000)
-			break;
 	}
 	assert_int_equal(th_pipe_send(stop[1], 'q'), 0);
 	assert_int_equal(th_wait_exit(kid, 10000), 0);
