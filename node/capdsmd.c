@@ -510,6 +510,8 @@ static void node_run(struct node *n)
 				break;
 			}
 		}
+		if (k > 0)
+			node_cluster_idle(n);
 		if (k > 0 && n->cfg.poll_us && (own || node_cluster_awaiting(n)))
 			last = now_us();
 	}

@@ -334,27 +334,75 @@ static bool wants_premap(const struct mapping *m, uint64_t pgno)
 	return addr_pg >= m->offset && addr_pg < m->offset + m->length;
 }
 
-/* Maps a page that arrived (or was held) into the mappings that read it
- * ahead. K1: only while held, in the same step that saw it held. */
-static void premap(struct node *n, struct dobj *d, uint64_t pgno)
+/* The mode this node holds a page in (COH_INVALID if not tracked). */
+static enum coh_mode held(struct node *n, struct dobj *d, uint64_t pgno)
 {
 	struct coh_page_info pi;
 
-	if (d->maps == NODE_NIL ||
-	    coh_page_info(n->coh, (struct coh_page_id){ d->gid, pgno }, &pi) != 0 ||
-	    pi.local == COH_INVALID)
-		return;
+	if (coh_page_info(n->coh, (struct coh_page_id){ d->gid, pgno }, &pi) != 0)
+		return COH_INVALID;
+	return pi.local;
+}
+
+/* Maps the read-ahead pages queued since the last call, a run of
+ * neighbouring pages of one mapping in one ioctl (two when they are
+ * write-protected). Called at the end of each round of the event loop
+ * (node_cluster_idle) and when the queue is full. K1: each page is mapped
+ * only if it is held now, checked here, with no input in between. */
+static void premap_flush(struct node *n)
+{
+	for (uint32_t i = 0; i < n->npmq;) {
+		const struct premap_req *r = &n->pmq[i];
+		struct mapping *m = &n->maps[r->map];
+		struct dobj *d = dobj_at(n, r->dobj);
+		enum coh_mode mode = COH_INVALID;
+		uint32_t k = 1;
+
+		if (m->used && m->id == r->map_id && d && d->coherent &&
+		    wants_premap(m, r->pgno))
+			mode = held(n, d, r->pgno);
+		if (mode != COH_INVALID)
+			while (i + k < n->npmq && n->pmq[i + k].map == r->map &&
+			       n->pmq[i + k].map_id == r->map_id &&
+			       n->pmq[i + k].pgno == r->pgno + k &&
+			       wants_premap(m, r->pgno + k) &&
+			       held(n, d, r->pgno + k) == mode)
+				k++;
+		if (mode != COH_INVALID) {
+			int rc = node_pager_premap(n, m,
+			                           m->addr + (r->pgno * PAGE - m->offset),
+			                           k, mode != COH_WRITE);
+			if (rc && rc != -ENOENT && rc != -ESRCH)
+				log_debug("read-ahead pages not mapped", "mapping=0x%" PRIx64
+				          " pg=%" PRIu64 " n=%u err=\"%s\"", m->id, r->pgno,
+				          k, strerror(-rc));
+		}
+		i += k;
+	}
+	n->npmq = 0;
+}
+
+/* Queues a page that arrived (or was held) for the mappings that read it
+ * ahead; premap_flush maps it. */
+static void premap(struct node *n, struct dobj *d, uint64_t pgno)
+{
 	for (uint32_t i = d->maps; i != NODE_NIL; i = n->maps[i].next_obj) {
 		struct mapping *m = &n->maps[i];
 		if (!wants_premap(m, pgno))
 			continue;
-		int rc = node_pager_premap(n, m, m->addr + (pgno * PAGE - m->offset),
-		                           pi.local != COH_WRITE);
-		if (rc && rc != -ENOENT && rc != -ESRCH)
-			log_debug("read-ahead page not mapped", "mapping=0x%" PRIx64
-			          " pg=%" PRIu64 " err=\"%s\"", m->id, pgno,
-			          strerror(-rc));
+		if (n->npmq == NODE_PREMAP_Q)
+			premap_flush(n);
+		n->pmq[n->npmq++] = (struct premap_req){
+			.map = i, .map_id = m->id, .dobj = (uint32_t)(d - n->dobjs),
+			.pgno = pgno,
+		};
 	}
+}
+
+void node_cluster_idle(struct node *n)
+{
+	if (n->clustered && n->npmq)
+		premap_flush(n);
 }
 
 /* After a read fault on pgno through m: detect a sequential reader and

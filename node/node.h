@@ -178,6 +178,7 @@ struct parked {
 };
 
 #define NODE_STAGE (256u << 10) /* bytes per explicit request, clustered */
+#define NODE_PREMAP_Q 128u      /* read-ahead pages mapped per batch */
 
 struct node {
 	struct node_config cfg;
@@ -199,6 +200,12 @@ struct node {
 	struct coh_node *coh;
 	uint32_t outstanding_max; /* the coherence node's max_outstanding */
 	uint32_t remote_waits;    /* sessions awaiting another node's answer */
+	/* read-ahead pages to map at the end of this round (cluster.c) */
+	struct premap_req {
+		uint32_t map, dobj;
+		uint64_t map_id, pgno;
+	} pmq[NODE_PREMAP_Q];
+	uint32_t npmq;
 	uint32_t imports_clist;
 	struct rimport *imports;  /* cfg.sturdy records */
 	uint32_t *peer_clist;     /* per node: what it imported from us */
@@ -281,6 +288,9 @@ void node_cluster_mapping_freed(struct node *n, struct mapping *m);
 /* Whether this node awaits an answer from another node: a coherence
  * request in flight, or a session's remote import or lock. */
 bool node_cluster_awaiting(const struct node *n);
+/* At the end of each round of the event loop: work deferred to it (the
+ * read-ahead pages that arrived, mapped in runs). */
+void node_cluster_idle(struct node *n);
 void node_lock_granted(void *ctx, const struct coh_lock_req *r);
 /* Internal to node/: resumes what waited for coherence DONEs; answers a
  * remote owner's lock grant. */
@@ -305,11 +315,12 @@ void node_pager_zap_page(struct node *n, struct dobj *d, uint64_t pgno,
 void node_pager_protect_page(struct node *n, struct dobj *d, uint64_t pgno);
 void node_refuse_fault(struct node *n, struct session *s, uint32_t tid,
                        uint64_t addr, const char *why);
-/* Maps a page the node holds, present in the object's file, into a
- * mapping before it is touched (read-ahead): write-protected when
- * read_only_page. 0, or a negative errno from the ioctls. */
+/* Maps `pages` neighbouring pages the node holds, present in the object's
+ * file, into a mapping before they are touched (read-ahead), from addr:
+ * write-protected when read_only_page. Pages mapped already are left as
+ * they are. 0, or a negative errno from the ioctls. */
 int node_pager_premap(struct node *n, struct mapping *m, uint64_t addr,
-                      bool read_only_page);
+                      uint32_t pages, bool read_only_page);
 
 /* capdsmd.c */
 int node_watch_uffd(struct node *n, struct mapping *m);

@@ -147,23 +147,41 @@ int node_pager_resolve(struct node *n, struct mapping *m, uint64_t addr,
 }
 
 int node_pager_premap(struct node *n, struct mapping *m, uint64_t addr,
-                      bool read_only_page)
+                      uint32_t pages, bool read_only_page)
 {
 	bool protect = read_only_page && (m->rights & CAP_R_WRITE);
-	/* As in node_pager_resolve: a thread may be faulting on this very
-	 * page now; it must not run before the page is write-protected. No
+	uint64_t end = addr + (uint64_t)pages * PAGE;
+
+	/* As in node_pager_resolve: a thread may be faulting on one of these
+	 * pages now; it must not run before its page is write-protected. No
 	 * UFFDIO_WAKE afterwards: such a thread's fault is still ahead of us
 	 * (read-ahead skips pages a parked fault waits for), and resolving
 	 * it finds the page mapped (-EEXIST) and wakes it then. */
-	int rc = resolve_minor(m->uffd, addr, protect);
-
-	if (rc == -EEXIST)
-		return 0; /* mapped already, in the mode its state allows */
-	if (!rc && protect)
-		rc = write_protect(m->uffd, addr, PAGE, true);
-	if (!rc)
-		n->ct.prefetch_mapped++;
-	return rc;
+	for (int stuck = 0; addr < end && stuck < 100;) {
+		struct uffdio_continue cn = {
+			.range = { .start = addr, .len = end - addr },
+			.mode = protect ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0,
+		};
+		int rc = ioctl(m->uffd, UFFDIO_CONTINUE, &cn) == 0 ? 0 : -errno;
+		/* A run stopped part way says -EAGAIN with the bytes it mapped;
+		 * a page mapped already says -EEXIST, with nothing mapped. */
+		uint64_t done = rc == 0 ? end - addr
+		                : cn.mapped > 0 ? (uint64_t)cn.mapped : 0;
+		if (done && protect) {
+			int w = write_protect(m->uffd, addr, done, true);
+			if (w)
+				return w;
+		}
+		n->ct.prefetch_mapped += done / PAGE;
+		addr += done;
+		if (rc == -EEXIST)
+			addr += PAGE; /* as its state allows already */
+		else if (rc == -EAGAIN || rc == -EINTR)
+			stuck += done == 0;
+		else if (rc)
+			return rc;
+	}
+	return addr < end ? -EAGAIN : 0;
 }
 
 void node_refuse_fault(struct node *n, struct session *s, uint32_t tid,
