@@ -36,10 +36,14 @@
  * out equal only if I holds s_i and R holds s_r, so each hello record
  * (16 bytes: "capdsmOK", from, to) proves its sender's key, and an
  * accepted connection carries data only after I's hello authenticated.
- * Replay: a recorded msg1 + msg3 replayed to R meets a fresh e_r, so the
- * keys differ and the recorded hello and records fail to authenticate; a
- * replayed msg2 meets a fresh e_i likewise. Without s_i or e_i's secret
- * (dh1..dh3) nobody computes the keys, and dh1 gives forward secrecy.
+ * The keys need all four results: dh4 needs s_i or s_r, so no one
+ * without a member's secret key computes them. Replay: a recorded msg1 +
+ * msg3 replayed to R meets a fresh e_r, so the keys differ and the
+ * recorded hello and records fail to authenticate; a replayed msg2 meets a
+ * fresh e_i likewise. dh1 needs an ephemeral secret, wiped once the keys
+ * are made, so recorded traffic stays sealed even if static keys leak
+ * later (forward secrecy). msg2's status is not authenticated: a forged
+ * refusal only delays a connection, which anyone on the path can do.
  *
  * Records, on a connection past its handshake: length (4) then that many
  * bytes: keyed, a crypto_secretstream_xchacha20poly1305 message (17 bytes
