@@ -81,6 +81,7 @@
  *      triggered for the caller (T5).
  */
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -607,7 +608,8 @@ static int out_handshake(struct tp_tcp *c, const struct tp_handlers *h,
 		if (need == HS_FIX) {
 			const uint8_t *b = o->hs;
 			uint8_t status = b[10];
-			if (memcmp(b, MAGIC, sizeof MAGIC) || b[8] != HS_VERSION) {
+			if (memcmp(b, MAGIC, sizeof MAGIC) != 0 ||
+			    b[8] != HS_VERSION) {
 				out_close(c, i, REFUSED_US);
 				return tp__auth_fail(t, h, ctx,
 				                     "node %u (%s) does not answer "
@@ -846,7 +848,7 @@ static int in_handshake(struct tp_tcp *c, const struct tp_handlers *h,
 			return in_confirm(c, h, ctx, k);
 		if (in->need == HS_FIX) {
 			const uint8_t *b = in->hs;
-			if (memcmp(b, MAGIC, sizeof MAGIC) ||
+			if (memcmp(b, MAGIC, sizeof MAGIC) != 0 ||
 			    (b[9] != MODE_KEYED && b[9] != MODE_PLAIN)) {
 				events = tp__auth_fail(&c->b, h, ctx,
 				                       "refused a connection from "
@@ -1012,6 +1014,7 @@ static uint32_t in_slot(struct tp_tcp *c, const struct tp_handlers *h,
 		    (best == UINT32_MAX || c->in[k].since < c->in[best].since))
 			best = k;
 	}
+	assert(best != UINT32_MAX); /* C4: proven ones are fewer */
 	*events += tp__auth_fail(&c->b, h, ctx,
 	                         "dropped the handshake of a connection from "
 	                         "%s: more than %u connections at once",
@@ -1026,7 +1029,7 @@ static int in_accept(struct tp_tcp *c, const struct tp_handlers *h, void *ctx,
 	int events = 0;
 
 	for (int a = 0; a < ACCEPTS_PER_POLL; a++) {
-		struct sockaddr_storage sa;
+		struct sockaddr_storage sa = { 0 };
 		socklen_t sl = sizeof sa;
 		int fd = accept4(c->lfd, (struct sockaddr *)&sa, &sl,
 		                 SOCK_NONBLOCK | SOCK_CLOEXEC);
