@@ -79,6 +79,10 @@
  *  C5. Every descriptor reported readable is serviced in that tp_poll, or
  *      (at poll_budget) the kick eventfd is raised; so tp_fd is level-
  *      triggered for the caller (T5).
+ *  C6. Records sent from tp_poll's callbacks are corked: they wait in the
+ *      ring until tp_poll returns and then leave together, one write per
+ *      peer (a cork that would overflow the ring is written out first).
+ *      Sends outside tp_poll are written at once.
  */
 #include <arpa/inet.h>
 #include <assert.h>
@@ -149,6 +153,7 @@ struct out {
 	enum ostate st;
 	uint16_t gen;
 	bool pollout;            /* EPOLLOUT is watched: the ring is not empty */
+	bool corked;             /* records appended inside tcp_poll (C6) */
 	uint64_t at;
 	struct sockaddr_storage sa;
 	unsigned salen;
@@ -207,6 +212,7 @@ struct tp_tcp {
 	uint8_t *txp;            /* a body being sealed */
 	uint8_t *txb;            /* a sealed record, length included */
 	uint64_t hs_us;          /* a handshake must end within this */
+	bool in_poll;            /* inside tcp_poll: sends are corked (C6) */
 };
 
 static const struct tp_ops tcp_ops;
@@ -433,7 +439,7 @@ static void out_push(struct tp_tcp *c, uint32_t i, size_t len)
 	const uint8_t *rec = c->txb;
 	size_t off = 0;
 
-	if (o->head == o->tail) {
+	if (o->head == o->tail && !c->in_poll) {
 		ssize_t w = send(o->fd, rec, len, MSG_NOSIGNAL | MSG_DONTWAIT);
 		if (w < 0 && errno != EAGAIN && errno != EINTR) {
 			out_close(c, i, REDIAL_US); /* lost: F1 will tell */
@@ -453,6 +459,10 @@ static void out_push(struct tp_tcp *c, uint32_t i, size_t len)
 	o->tail += len;
 	o->ends[(o->first + o->nrec) % c->b.qlimit] = o->tail;
 	o->nrec++;
+	if (c->in_poll) {
+		o->corked = true; /* uncork() writes it, or watches EPOLLOUT */
+		return;
+	}
 	if (!o->pollout &&
 	    !watch(c, o->fd, EPOLLIN | EPOLLRDHUP | EPOLLOUT,
 	           tp__tag(K_OUT, o->gen, i)))
@@ -1076,7 +1086,10 @@ static int tcp_send(struct tp *t, uint32_t peer, const void *hdr,
 	struct tp__peer *p = &t->p[peer];
 	uint8_t wire[W_LEN];
 
-	if (!room(c, o, rec_len(c, BODY_FIX + hdrlen + plen))) {
+	size_t need = rec_len(c, BODY_FIX + hdrlen + plen);
+	if (!room(c, o, need) && o->corked && o->st == O_READY)
+		out_flush(c, peer); /* C6: a full cork goes out first */
+	if (!room(c, o, need)) {
 		tp__send_full(t, peer);
 		return -EAGAIN;
 	}
@@ -1155,7 +1168,44 @@ static int tcp_timer(struct tp *t, const struct tp_handlers *h, void *ctx,
 	return events;
 }
 
+/* C6: what tcp_poll's callbacks sent waits in the rings until the poll
+ * ends, then leaves in one write per peer (a home that answers a burst of
+ * requests, a reader that asks for its next pages, send them together).
+ * Sends outside tcp_poll still go at once: a fault's request waits for
+ * nothing. Whatever a socket does not take is then watched for EPOLLOUT. */
+static void uncork(struct tp_tcp *c)
+{
+	c->in_poll = false;
+	for (uint32_t i = 0; i < c->b.n; i++) {
+		struct out *o = &c->out[i];
+		if (!o->corked)
+			continue;
+		o->corked = false;
+		if (o->fd < 0 || o->st != O_READY)
+			continue;
+		out_flush(c, i);
+		if (o->fd >= 0 && o->head != o->tail && !o->pollout &&
+		    !watch(c, o->fd, EPOLLIN | EPOLLRDHUP | EPOLLOUT,
+		           tp__tag(K_OUT, o->gen, i)))
+			o->pollout = true;
+	}
+}
+
+static int tcp_poll_corked(struct tp *t, const struct tp_handlers *h,
+                           void *ctx);
+
 static int tcp_poll(struct tp *t, const struct tp_handlers *h, void *ctx)
+{
+	struct tp_tcp *c = (struct tp_tcp *)t;
+
+	c->in_poll = true;
+	int rc = tcp_poll_corked(t, h, ctx);
+	uncork(c);
+	return rc;
+}
+
+static int tcp_poll_corked(struct tp *t, const struct tp_handlers *h,
+                           void *ctx)
 {
 	struct tp_tcp *c = (struct tp_tcp *)t;
 	uint64_t now = tp__now_us();
