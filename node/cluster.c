@@ -289,7 +289,8 @@ static void park(struct node *n, struct mapping *m, struct dobj *d,
 /* ---- read-ahead ----
  *
  * A reader that faults on consecutive pages of a mapping gets the next
- * prefetch_pages pages asked for at once, so their round trips overlap,
+ * pages asked for at once (a window that grows to prefetch_pages), so
+ * their round trips overlap,
  * and each is mapped into it as soon as it arrives (node_pager_premap),
  * so it does not even fault on them — except on one page, the mark, left
  * unmapped in the middle of the window: the fault on it says the reader
@@ -410,13 +411,23 @@ void node_cluster_idle(struct node *n)
 static void read_ahead(struct node *n, struct mapping *m, struct dobj *d,
                        uint64_t pgno)
 {
-	uint32_t w = n->cfg.prefetch_pages;
+	uint32_t max = n->cfg.prefetch_pages;
 	bool seq = pgno == m->seq_next || pgno == m->pf_mark;
 	uint64_t last = (m->offset + m->length) / PAGE; /* past the mapping */
 
 	m->seq_next = pgno + 1;
-	if (!w || !seq || d->home == n->cfg.node_id)
+	if (!seq)
+		m->pf_win = 0; /* a jump: the next run starts small again */
+	if (!max || !seq || d->home == n->cfg.node_id)
 		return;
+	/* The window starts at NODE_RA_START pages and doubles with each
+	 * window the reader reaches, up to prefetch_pages (Linux's readahead
+	 * ramps up the same way): a short sequential run costs little, a long
+	 * scan soon has many pages in flight. */
+	uint32_t w = m->pf_win ? m->pf_win : NODE_RA_START;
+	if (w > max)
+		w = max;
+	m->pf_win = 2 * w < max ? 2 * w : max;
 	uint64_t from = m->pf_end > pgno + 1 ? m->pf_end : pgno + 1;
 	uint64_t to = pgno + 1 + w < last ? pgno + 1 + w : last;
 	m->pf_mark = pgno + 1 + w / 2 < to ? pgno + 1 + w / 2 : UINT64_MAX;

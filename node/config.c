@@ -39,7 +39,7 @@ void config_defaults(struct node_config *c)
 		.heartbeat_ms = 100,
 		.dead_after_ms = 1000,
 		.remote_frames = 16384,
-		.prefetch_pages = 32,
+		.prefetch_pages = 128,
 	};
 }
 
@@ -261,8 +261,8 @@ int config_check(const struct node_config *c, char *err, unsigned errlen)
 				         c->plaintext ? "" : " and a public_key");
 				return -EINVAL;
 			}
-		if (c->prefetch_pages > 64) {
-			snprintf(err, errlen, "cluster.prefetch_pages = %u: at most 64",
+		if (c->prefetch_pages > 128) {
+			snprintf(err, errlen, "cluster.prefetch_pages = %u: at most 128",
 			         c->prefetch_pages);
 			return -EINVAL;
 		}

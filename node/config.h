@@ -43,8 +43,10 @@ struct node_config {
 	uint32_t remote_frames; /* frames for pages cached from other homes */
 	/* Read-ahead on sequential access to another home's pages: how many
 	 * pages ahead a sequential read fault or explicit request asks for
-	 * (0: none). At most 64; a quarter of remote_frames if that is less
-	 * (read-ahead must not evict what it just brought). */
+	 * at most (0: none); a mapping's window starts at 16 and doubles up to
+	 * it. At most 128 (half of the requests a node has in flight); a
+	 * quarter of remote_frames if that is less (read-ahead must not evict
+	 * what it just brought). */
 	uint32_t prefetch_pages;
 	struct node_peer peers[CFG_MAX_NODES];
 };

@@ -67,6 +67,7 @@ struct mapping {
 	 * left unmapped in that window so that touching it faults and moves
 	 * the window on (Linux's readahead marker). */
 	uint64_t seq_next, pf_end, pf_mark;
+	uint32_t pf_win; /* the next window, pages (0: start again) */
 	uint64_t id;   /* (generation << 32) | index */
 	uint64_t oid;
 	uint32_t slot; /* derived capability the mapping holds */
@@ -179,6 +180,7 @@ struct parked {
 
 #define NODE_STAGE (256u << 10) /* bytes per explicit request, clustered */
 #define NODE_PREMAP_Q 128u      /* read-ahead pages mapped per batch */
+#define NODE_RA_START 16u       /* a mapping's first read-ahead window */
 
 struct node {
 	struct node_config cfg;
