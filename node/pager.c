@@ -98,6 +98,44 @@ static int resolve_minor(int fd, uint64_t addr, bool dontwake)
 	return uffd_ioctl(fd, UFFDIO_CONTINUE, &cn);
 }
 
+/* Linux 6.4 and later map a page write-protected in the same
+ * UFFDIO_CONTINUE (the headers of Debian 12 predate it). Tried first;
+ * an -EINVAL turns it off for good and the caller falls back to
+ * continue, protect, wake. */
+#ifndef UFFDIO_CONTINUE_MODE_WP
+#define UFFDIO_CONTINUE_MODE_WP ((__u64)1 << 1)
+#endif
+static bool continue_wp = true;
+
+/* Maps [addr, addr + len) write-protected in one ioctl, waking the
+ * faulting thread. Returns 0, a negative errno, or 1 when the kernel lacks
+ * the mode (nothing was done). *mapped: the bytes mapped. */
+static int resolve_minor_wp(int fd, uint64_t addr, uint64_t len,
+                            uint64_t *mapped)
+{
+	struct uffdio_continue cn = {
+		.range = { .start = addr, .len = len },
+		.mode = UFFDIO_CONTINUE_MODE_WP,
+	};
+
+	*mapped = 0;
+	if (!continue_wp)
+		return 1;
+	if (ioctl(fd, UFFDIO_CONTINUE, &cn) == 0) {
+		*mapped = len;
+		return 0;
+	}
+	int rc = -errno;
+	if (rc == -EINVAL && cn.mapped == -EINVAL) {
+		continue_wp = false;
+		log_info("kernel without UFFDIO_CONTINUE_MODE_WP", "fallback="
+		         "\"continue, write-protect, wake\"");
+		return 1;
+	}
+	*mapped = cn.mapped > 0 ? (uint64_t)cn.mapped : 0;
+	return rc;
+}
+
 static int write_protect(int fd, uint64_t addr, uint64_t len, bool on)
 {
 	struct uffdio_writeprotect wp = {
@@ -121,7 +159,14 @@ int node_pager_resolve(struct node *n, struct mapping *m, uint64_t addr,
 		rc = write_protect(m->uffd, addr, PAGE, false);
 	} else if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
 		n->ct.faults_minor++;
-		rc = resolve_minor(m->uffd, addr, protect);
+		uint64_t done;
+		int w = protect ? resolve_minor_wp(m->uffd, addr, PAGE, &done) : 1;
+		if (w == 0)
+			return 0; /* mapped protected, and the thread woken */
+		if (w == 1)
+			rc = resolve_minor(m->uffd, addr, protect);
+		else
+			rc = w; /* -EEXIST (a racing fault mapped it) goes on below */
 	} else if (m->rights & CAP_R_WRITE) {
 		n->ct.faults_missing++;
 		rc = resolve_missing(m->uffd, addr, protect);
@@ -158,6 +203,20 @@ int node_pager_premap(struct node *n, struct mapping *m, uint64_t addr,
 	 * (read-ahead skips pages a parked fault waits for), and resolving
 	 * it finds the page mapped (-EEXIST) and wakes it then. */
 	for (int stuck = 0; addr < end && stuck < 100;) {
+		uint64_t done;
+		int wrc = protect ? resolve_minor_wp(m->uffd, addr, end - addr, &done)
+		                  : 1;
+		if (wrc != 1) {
+			n->ct.prefetch_mapped += done / PAGE;
+			addr += done;
+			if (wrc == -EEXIST)
+				addr += PAGE;
+			else if (wrc == -EAGAIN || wrc == -EINTR)
+				stuck += done == 0;
+			else if (wrc)
+				return wrc;
+			continue;
+		}
 		struct uffdio_continue cn = {
 			.range = { .start = addr, .len = end - addr },
 			.mode = protect ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0,
@@ -165,8 +224,7 @@ int node_pager_premap(struct node *n, struct mapping *m, uint64_t addr,
 		int rc = ioctl(m->uffd, UFFDIO_CONTINUE, &cn) == 0 ? 0 : -errno;
 		/* A run stopped part way says -EAGAIN with the bytes it mapped;
 		 * a page mapped already says -EEXIST, with nothing mapped. */
-		uint64_t done = rc == 0 ? end - addr
-		                : cn.mapped > 0 ? (uint64_t)cn.mapped : 0;
+		done = rc == 0 ? end - addr : cn.mapped > 0 ? (uint64_t)cn.mapped : 0;
 		if (done && protect) {
 			int w = write_protect(m->uffd, addr, done, true);
 			if (w)
