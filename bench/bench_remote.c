@@ -1227,7 +1227,9 @@ static void report(const char *name, const char *unit, const char *limit_name,
 {
 	char full[96];
 
-	snprintf(full, sizeof full, "%s%s", name, suffix);
+	/* The zmq figures keep their names from before tcp existed. */
+	snprintf(full, sizeof full, "%s%s%s", name, suffix,
+	         kind == TP_KIND_ZMQ ? "" : "_tcp");
 	struct bench_result res = {
 		.bench = full,
 		.unit = unit,

@@ -5,11 +5,11 @@
 # one busy-polling (poll_us = 200) — both pinned to the "server" CPU, runs
 # each benchmark program (each measures its figure and its limit in the same
 # run, interleaved), stops the daemons, writes every result as one JSON
-# object per line to --out and prints a table. Then starts a 4-node cluster
-# of its own (`capdsm cluster up`, CURVE, pinned the same way), runs
-# bench_remote on it (with OpenMPI's MPI_Get beside it when bench/mpi_get
-# was built), and stops it: busy-polling, and without --quick once more
-# blocking.
+# object per line to --out and prints a table. Then starts 4-node clusters
+# of its own (`capdsm cluster up`, encrypted, pinned the same way), runs
+# bench_remote on each (with OpenMPI's MPI_Get beside it when bench/mpi_get
+# was built), and stops it: busy-polling over the tcp and the zmq
+# transports, and without --quick once more blocking over tcp.
 #
 # Placement: a wake-up on these machines costs ~15 us when the woken thread
 # runs on the waker's core and ~100+ us when a halted vCPU must be woken, and
@@ -207,22 +207,25 @@ if [ -x "$build/bench/mpi_get" ] && command -v mpirun >/dev/null 2>&1; then
 fi
 remote_cpus=(--client-cpu "$client_cpu" --server-cpu "$server_cpu")
 [ $split -eq 1 ] || remote_cpus=(--client-cpu 0 --server-cpu 0)
-remote_modes=("a polling 200")
-[ $quick -eq 1 ] || remote_modes+=("b blocking 0")
+# Both transports busy-polling (tcp first: the faster one), and without
+# --quick the tcp cluster blocking as well.
+remote_modes=("a polling 200 tcp" "b polling 200 zmq")
+[ $quick -eq 1 ] || remote_modes+=("c blocking 0 tcp")
 for m in "${remote_modes[@]}"; do
-  read -r tag mode poll_us <<<"$m"
-  cluster_dir=$tmp/cluster-$mode
+  read -r tag mode poll_us transport <<<"$m"
+  cluster_dir=$tmp/cluster-$mode-$transport
   printf '[node]\nlog_level = warn\npoll_us = %s\n' "$poll_us" \
     >"$tmp/cluster-$mode.ini"
   if ! "${pin[@]}" "$tool" cluster up --nodes 4 --dir "$cluster_dir" \
+      --transport "$transport" \
       --config-extra "$tmp/cluster-$mode.ini" >"$tmp/cluster.out" 2>&1; then
     failed=$((failed + 1))
-    echo "!! cluster up ($mode) failed:" >&2
+    echo "!! cluster up ($mode, $transport) failed:" >&2
     cat "$tmp/cluster.out" >&2
     "$tool" cluster down --dir "$cluster_dir" >/dev/null 2>&1 || true
     continue
   fi
-  run "5$tag. remote operations on a 4-node cluster, $mode" bench_remote \
+  run "5$tag. remote operations on a 4-node cluster, $transport, $mode" bench_remote \
     --dir "$cluster_dir" --mode "$mode" --poll-us "$poll_us" \
     "${remote_cpus[@]}" "${mpi[@]}" "${q[@]}"
   "$tool" cluster down --dir "$cluster_dir" >/dev/null 2>&1 || true
