@@ -263,13 +263,13 @@ int tp_fd(struct tp *t);
  * costs tens of microseconds, a spin costs a core): a daemon awaiting a
  * reply keeps calling epoll_wait(epfd, ..., 0) — which sees tp_fd — and
  * tp_poll for up to poll_us after the last event, then sleeps in
- * epoll_wait(-1); capdsmd's loop already does exactly that. With the
- * ZeroMQ implementation the spin must call sched_yield() between empty
- * polls: messages move through ZeroMQ's own I/O thread in each process,
- * which a spin that never yields keeps off a core (on the 2-core machines,
- * median round trips got no better and p99 grew to 8-12 ms). The TCP
- * implementation does its I/O inside tp_poll, so yielding costs it
- * nothing but is not needed. tp_run below is that loop for programs
+ * epoll_wait(-1); capdsmd's loop does that while it awaits an answer
+ * (and after its own clients' events), not after serving a peer. The spin
+ * must call sched_yield() between empty polls: with ZeroMQ, messages move
+ * through its own I/O thread in each process, which a spin that never
+ * yields keeps off a core (on the 2-core machines, median round trips got
+ * no better and p99 grew to 8-12 ms); with TCP, the peer that must answer
+ * may share the spinner's core. tp_run below is that loop for programs
  * without an event loop. */
 int tp_poll(struct tp *t, const struct tp_handlers *h, void *ctx);
 
