@@ -310,6 +310,7 @@ static uint64_t ask_ahead(struct node *n, struct dobj *d, uint64_t from,
 {
 	uint64_t p;
 
+	tp_cork(n->tp, true); /* the window's requests leave together */
 	for (p = from; p < to && p < d->pages; p++) {
 		if (coh_outstanding(n->coh) >= n->outstanding_max / 2)
 			break;
@@ -319,6 +320,7 @@ static uint64_t ask_ahead(struct node *n, struct dobj *d, uint64_t from,
 		else if (rc != 0)
 			break;
 	}
+	tp_cork(n->tp, false);
 	return p;
 }
 
@@ -412,7 +414,11 @@ static void read_ahead(struct node *n, struct mapping *m, struct dobj *d,
                        uint64_t pgno)
 {
 	uint32_t max = n->cfg.prefetch_pages;
-	bool seq = pgno == m->seq_next || pgno == m->pf_mark;
+	/* Sequential: the page after the last fault, the mark, or any page
+	 * of the window still on its way (the reader caught up with it). */
+	bool seq = pgno == m->seq_next || pgno == m->pf_mark ||
+	           (m->seq_next != UINT64_MAX && pgno >= m->seq_next &&
+	            pgno < m->pf_end);
 	uint64_t last = (m->offset + m->length) / PAGE; /* past the mapping */
 
 	m->seq_next = pgno + 1;

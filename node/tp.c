@@ -63,6 +63,12 @@ int tp_send(struct tp *t, uint32_t peer, const void *hdr, size_t hdrlen,
 	return t->ops->send(t, peer, hdr, hdrlen, payload, plen);
 }
 
+void tp_cork(struct tp *t, bool on)
+{
+	if (t->ops->cork)
+		t->ops->cork(t, on);
+}
+
 int tp_next_timeout_ms(struct tp *t)
 {
 	uint64_t now = tp__now_us();

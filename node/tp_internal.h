@@ -80,6 +80,9 @@ struct tp_ops {
 	/* true if a tp_send to peer of the largest message would find room
 	 * (on_writable is then due to a peer that saw -EAGAIN). */
 	bool (*writable)(struct tp *t, uint32_t peer);
+	/* tp_cork: hold (on) or release (off) sends; NULL if the
+	 * implementation does not batch (tp.c then does nothing). */
+	void (*cork)(struct tp *t, bool on);
 };
 
 /* ---- the common head of every struct tp ---- */

@@ -79,10 +79,11 @@
  *  C5. Every descriptor reported readable is serviced in that tp_poll, or
  *      (at poll_budget) the kick eventfd is raised; so tp_fd is level-
  *      triggered for the caller (T5).
- *  C6. Records sent from tp_poll's callbacks are corked: they wait in the
- *      ring until tp_poll returns and then leave together, one write per
- *      peer (a cork that would overflow the ring is written out first).
- *      Sends outside tp_poll are written at once.
+ *  C6. Records sent from tp_poll's callbacks, or between tp_cork(on) and
+ *      tp_cork(off), are corked: they wait in the ring until the outermost
+ *      cork is released and then leave together, one write per peer (a
+ *      cork that would overflow the ring is written out first). Other
+ *      sends are written at once.
  */
 #include <arpa/inet.h>
 #include <assert.h>
@@ -212,7 +213,7 @@ struct tp_tcp {
 	uint8_t *txp;            /* a body being sealed */
 	uint8_t *txb;            /* a sealed record, length included */
 	uint64_t hs_us;          /* a handshake must end within this */
-	bool in_poll;            /* inside tcp_poll: sends are corked (C6) */
+	uint32_t in_poll;        /* corks held: inside tcp_poll, tp_cork (C6) */
 };
 
 static const struct tp_ops tcp_ops;
@@ -1175,7 +1176,8 @@ static int tcp_timer(struct tp *t, const struct tp_handlers *h, void *ctx,
  * nothing. Whatever a socket does not take is then watched for EPOLLOUT. */
 static void uncork(struct tp_tcp *c)
 {
-	c->in_poll = false;
+	if (c->in_poll && --c->in_poll)
+		return; /* an outer cork still holds */
 	for (uint32_t i = 0; i < c->b.n; i++) {
 		struct out *o = &c->out[i];
 		if (!o->corked)
@@ -1198,7 +1200,7 @@ static int tcp_poll(struct tp *t, const struct tp_handlers *h, void *ctx)
 {
 	struct tp_tcp *c = (struct tp_tcp *)t;
 
-	c->in_poll = true;
+	c->in_poll++;
 	int rc = tcp_poll_corked(t, h, ctx);
 	uncork(c);
 	return rc;
@@ -1409,6 +1411,16 @@ err:
 	return rc;
 }
 
+static void tcp_cork(struct tp *t, bool on)
+{
+	struct tp_tcp *c = (struct tp_tcp *)t;
+
+	if (on)
+		c->in_poll++;
+	else
+		uncork(c);
+}
+
 static const struct tp_ops tcp_ops = {
 	.name = "tcp",
 	.close = tcp_close,
@@ -1417,4 +1429,5 @@ static const struct tp_ops tcp_ops = {
 	.send_hb = tcp_send_hb,
 	.timer = tcp_timer,
 	.writable = tcp_writable,
+	.cork = tcp_cork,
 };

@@ -307,6 +307,16 @@ int tp_run(struct tp *t, const struct tp_handlers *h, void *ctx,
 int tp_send(struct tp *t, uint32_t peer, const void *hdr, size_t hdrlen,
             const void *payload, size_t plen);
 
+/* Corks (on) and uncorks (off) this node's sends, as TCP_CORK does a
+ * socket: between the two, tp_send queues messages and the last uncork
+ * writes them, one write per peer, so a burst of small messages (a reader
+ * asking for its next pages) costs one system call, not one each. Calls
+ * nest (a count); tp_poll corks around its callbacks by itself. A cork
+ * that would overflow a peer's queue is written out first, so tp_send
+ * fails no more often than without it. With ZeroMQ, whose I/O thread
+ * batches by itself, it does nothing. Cannot fail. */
+void tp_cork(struct tp *t, bool on);
+
 /* true iff the peer is UP (its current incarnation, both directions
  * proven). Cannot fail: false for an unknown id and for self. */
 bool tp_peer_alive(struct tp *t, uint32_t peer);
