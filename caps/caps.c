@@ -1313,6 +1313,21 @@ int cap_check(const struct cap_space *cs, uint32_t clist, uint32_t slot,
 	return 0;
 }
 
+int cap_derived(const struct cap_space *cs, uint32_t clist, uint32_t slot)
+{
+	uint32_t c;
+	int rc;
+
+	if (!cs)
+		return -EINVAL;
+	rc = slot_cap(cs, clist, slot, &c);
+	if (rc == -EKEYREVOKED)
+		return 0; /* revoked: its subtree went with it */
+	if (rc)
+		return rc;
+	return cs->caps[c].first_child != CAP_NONE;
+}
+
 int cap_restrict(struct cap_space *cs, uint32_t clist, uint32_t slot,
                  uint32_t rights, uint32_t *new_slot)
 {

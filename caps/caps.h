@@ -202,6 +202,12 @@ int cap_mint(struct cap_space *cs, uint32_t clist, uint64_t oid,
  * in `need` (-EPERM). On success fills `info` (may be NULL). */
 int cap_check(const struct cap_space *cs, uint32_t clist, uint32_t slot,
               enum cap_kind kind, uint32_t need, struct cap_info *info);
+/* 1 if any capability derived from the one in `slot` is still held (in any
+ * c-list, a sturdy reference's included), 0 if none; -EBADF for an empty
+ * slot. A daemon uses it to let go of a capability it holds only as the
+ * root of what it handed out (an import from another node) once nothing
+ * hangs under it. O(1). */
+int cap_derived(const struct cap_space *cs, uint32_t clist, uint32_t slot);
 /* Derives a capability with `rights` (a subset: else -EPERM) into a new
  * slot of the same c-list. */
 int cap_restrict(struct cap_space *cs, uint32_t clist, uint32_t slot,

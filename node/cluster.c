@@ -785,6 +785,30 @@ static void send_drop(struct node *n, uint32_t home, uint32_t rslot)
 	peer_send(n, home, &pm, NULL, 0);
 }
 
+void node_cluster_release_imports(struct node *n)
+{
+	if (!n->clustered)
+		return;
+	for (uint32_t i = 0; i < n->cfg.sturdy; i++) {
+		struct rimport *ri = &n->imports[i];
+		if (!ri->used || cap_derived(n->cs, n->imports_clist, ri->root) == 1)
+			continue;
+		cap_drop(n->cs, n->imports_clist, ri->root);
+		if (tp_peer_alive(n->tp, ri->home))
+			send_drop(n, ri->home, ri->rslot);
+		ri->used = false;
+		/* The proxy keeps a live slot at the home for its locks, if
+		 * another import of it still has one. */
+		struct dobj *d = dobj_at(n, ri->dobj);
+		if (d && d->rslot == ri->rslot)
+			for (uint32_t j = 0; j < n->cfg.sturdy; j++)
+				if (n->imports[j].used && n->imports[j].dobj == ri->dobj) {
+					d->rslot = n->imports[j].rslot;
+					break;
+				}
+	}
+}
+
 /* At the importer: the home's answer. */
 static void on_import_reply(struct node *n, uint32_t from,
                             const Capdsm__Peer__ImportReply *ir)

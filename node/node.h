@@ -286,6 +286,11 @@ void node_cluster_lock(struct node *n, struct session *s, uint64_t id,
 /* After revocations: tell importers what they lost. */
 void node_cluster_check_exports(struct node *n);
 void node_cluster_session_closed(struct node *n, struct session *s);
+/* Lets go of every import nothing is derived from any more (its sessions
+ * closed or dropped it): the root here and, by a Drop, the home's slot for
+ * this node. Without it each import would hold records on both nodes for
+ * good. */
+void node_cluster_release_imports(struct node *n);
 void node_cluster_mapping_freed(struct node *n, struct mapping *m);
 /* Whether this node awaits an answer from another node: a coherence
  * request in flight, or a session's remote import or lock. */

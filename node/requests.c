@@ -333,6 +333,7 @@ void node_session_release(struct node *n, struct session *s)
 		cap_clist_destroy(n->cs, s->clist);
 	s->clist = CAP_NONE;
 	s->proc_oid = 0;
+	node_cluster_release_imports(n);
 }
 
 /* ---- the requests ---- */
@@ -996,8 +997,10 @@ static void do_cap(struct node *n, struct session *s, uint64_t id,
 	case CAPDSM__REQUEST__BODY_CAP_DROP:
 		what = "drop";
 		rc = cap_drop(n->cs, s->clist, q->cap_drop->slot);
-		if (!rc)
+		if (!rc) {
 			node_check_mappings(n);
+			node_cluster_release_imports(n);
+		}
 		break;
 	case CAPDSM__REQUEST__BODY_CAP_SHOW:
 		what = "show";

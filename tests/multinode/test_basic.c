@@ -310,12 +310,64 @@ static void test_lock_counter_across_nodes(void **state)
 		mn_close(c[k]);
 }
 
+static void stat_fn(const char *name, uint64_t v, void *arg)
+{
+	if (!strcmp(name, "caps_used"))
+		*(uint64_t *)arg = v;
+}
+
+static uint64_t caps_used(struct capdsm *c)
+{
+	uint64_t v = 0;
+	MN_OK(c, capdsm_stats(c, stat_fn, &v));
+	return v;
+}
+
+/* Imports hold records on the home (its c-list for the importing node)
+ * and on the importer (the root the session's capability hangs under);
+ * both go once nothing derived from the import is held: after a session
+ * closes, and after a drop. 300 import-and-close rounds, far more than
+ * the test cluster's pools would survive if they leaked, leave both nodes
+ * where they started. */
+static void test_imports_are_released(void **state)
+{
+	struct capdsm *c0 = mn_connect(0), *c2 = mn_connect(2);
+	char ref[CAPDSM_REF_MAX];
+
+	(void)state;
+	uint32_t s0 = mn_object(c0, PAGE, ref);
+	uint64_t home0 = caps_used(c0), imp0 = caps_used(c2);
+	for (int i = 0; i < 300; i++) {
+		struct capdsm *c = mn_connect(2);
+		uint32_t s = mn_import(c, ref);
+		uint8_t b;
+		MN_OK(c, capdsm_read(c, s, 0, &b, 1));
+		if (i % 2) /* half of them drop it first */
+			MN_OK(c, capdsm_drop(c, s));
+		mn_close(c);
+	}
+	/* Drops travel to the home: give them a moment. */
+	uint64_t home1 = 0;
+	for (int t = 0; t < 100 && (home1 = caps_used(c0)) != home0; t++)
+		mn_sleep_ms(20);
+	uint64_t imp1 = caps_used(c2);
+	print_message("caps_used: home %llu -> %llu, importer %llu -> %llu\n",
+	              (unsigned long long)home0, (unsigned long long)home1,
+	              (unsigned long long)imp0, (unsigned long long)imp1);
+	assert_int_equal(home1, home0);
+	assert_int_equal(imp1, imp0);
+	MN_OK(c0, capdsm_object_destroy(c0, s0));
+	mn_close(c0);
+	mn_close(c2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		MN_TEST(test_explicit_write_read_across_nodes),
 		MN_TEST(test_mapped_stores_seen_on_other_nodes),
 		MN_TEST(test_lock_counter_across_nodes),
+		MN_TEST(test_imports_are_released),
 	};
 	mn_nodes = 3;
 	return MN_RUN("multinode.basic", tests, true);
