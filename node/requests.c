@@ -160,6 +160,22 @@ static struct dobj *dobj_of(struct node *n, uint64_t oid)
 	return priv;
 }
 
+/* A capability for another node's object (a proxy here) cannot be made
+ * into a sturdy reference here, nor its object destroyed from here: a
+ * reference names the object's home, and the home alone ends an object.
+ * Returns the home's id, or -1 for an object homed on this node (or not
+ * a data object). */
+static int remote_home(struct node *n, struct session *s, uint32_t slot)
+{
+	struct cap_info ci;
+	struct dobj *d;
+
+	if (cap_check(n->cs, s->clist, slot, CAP_KIND_NONE, 0, &ci) != 0 ||
+	    !(d = dobj_of(n, ci.oid)) || d->home == n->cfg.node_id)
+		return -1;
+	return (int)d->home;
+}
+
 static void lock_dropped(void *ctx, const struct coh_lock_req *r)
 {
 	struct node *n = ctx;
@@ -493,6 +509,11 @@ static void do_object_destroy(struct node *n, struct session *s, uint64_t id,
 	if (rc)
 		return node_send_error(n, s, id, rc, "object destroy: %s",
 		                       cap_reason(rc));
+	int home = remote_home(n, s, cs_->slot);
+	if (home >= 0)
+		return node_send_error(n, s, id, -EREMOTE, "object destroy: the "
+		                       "object lives on node %d; destroy it there",
+		                       home);
 	rc = cap_obj_destroy(n->cs, ci.oid);
 	if (rc)
 		return node_send_error(n, s, id, rc, "object destroy: %s",
@@ -957,6 +978,12 @@ static void do_cap(struct node *n, struct session *s, uint64_t id,
 		if (q->cap_restrict->rights == 0 ||
 		    q->cap_restrict->rights & ~(uint32_t)CAP_R_ALL) {
 			rc = -EINVAL;
+		} else if (q->cap_restrict->export &&
+		           remote_home(n, s, q->cap_restrict->slot) >= 0) {
+			return node_send_error(n, s, id, -EREMOTE, "restrict: the "
+			                       "object lives on node %d: a reference "
+			                       "names its home, make it there",
+			                       remote_home(n, s, q->cap_restrict->slot));
 		} else if (q->cap_restrict->export) {
 			/* Widening is checked first, so it reads as EPERM
 			 * whatever the grant right says. */
@@ -1019,6 +1046,11 @@ static void do_cap(struct node *n, struct session *s, uint64_t id,
 		break;
 	case CAPDSM__REQUEST__BODY_CAP_EXPORT:
 		what = "export";
+		if (remote_home(n, s, q->cap_export->slot) >= 0)
+			return node_send_error(n, s, id, -EREMOTE, "export: the object "
+			                       "lives on node %d: a reference names its "
+			                       "home, make it there",
+			                       remote_home(n, s, q->cap_export->slot));
 		rc = cap_export(n->cs, s->clist, q->cap_export->slot, &ref);
 		if (!rc)
 			rc = cap_sturdy_format(&ref, text, sizeof text);

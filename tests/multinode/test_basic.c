@@ -361,6 +361,34 @@ static void test_imports_are_released(void **state)
 	mn_close(c2);
 }
 
+/* On a node other than the home, a capability to the object can be used
+ * but not turned into a sturdy reference (a reference names the object's
+ * home) and cannot end the object (only its home does): both are refused
+ * with EREMOTE, saying where, and the object is untouched. */
+static void test_home_only_operations(void **state)
+{
+	struct capdsm *c0 = mn_connect(0), *c1 = mn_connect(1);
+	char ref[CAPDSM_REF_MAX], out[CAPDSM_REF_MAX];
+	uint32_t s0 = mn_object(c0, PAGE, ref), s1 = mn_import(c1, ref);
+	uint32_t v = 0x1234abcd, r = 0;
+
+	(void)state;
+	MN_OK(c0, capdsm_write(c0, s0, 0, &v, sizeof v));
+	MN_EXPECT(c1, capdsm_export(c1, s1, out, sizeof out), -EREMOTE);
+	assert_non_null(strstr(capdsm_strerror(c1), "node 0"));
+	MN_EXPECT(c1, capdsm_restrict_export(c1, s1, CAPDSM_R_READ, out,
+	                                     sizeof out), -EREMOTE);
+	MN_EXPECT(c1, capdsm_object_destroy(c1, s1), -EREMOTE);
+	assert_non_null(strstr(capdsm_strerror(c1), "node 0"));
+	MN_OK(c1, capdsm_read(c1, s1, 0, &r, sizeof r));
+	assert_int_equal(r, v);
+	MN_OK(c0, capdsm_read(c0, s0, 0, &r, sizeof r));
+	assert_int_equal(r, v);
+	MN_OK(c0, capdsm_object_destroy(c0, s0));
+	mn_close(c0);
+	mn_close(c1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -368,6 +396,7 @@ int main(void)
 		MN_TEST(test_mapped_stores_seen_on_other_nodes),
 		MN_TEST(test_lock_counter_across_nodes),
 		MN_TEST(test_imports_are_released),
+		MN_TEST(test_home_only_operations),
 	};
 	mn_nodes = 3;
 	return MN_RUN("multinode.basic", tests, true);
