@@ -1368,9 +1368,10 @@ int node_cluster_init(struct node *n, char *err, size_t errlen)
 		snprintf(err, errlen, "epoll: %s", strerror(errno));
 		return -errno;
 	}
-	log_info("cluster member", "nodes=%u address=%s transport=zmq curve=%s",
-	         c->nodes, c->peers[c->node_id].address,
-	         c->plaintext ? "off" : "on");
+	log_info("cluster member", "nodes=%u address=%s transport=%s "
+	         "encrypted=%s prefetch_pages=%u remote_frames=%u", c->nodes,
+	         c->peers[c->node_id].address, c->transport,
+	         c->plaintext ? "no" : "yes", c->prefetch_pages, c->remote_frames);
 	return 0;
 }
 

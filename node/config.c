@@ -261,6 +261,13 @@ int config_check(const struct node_config *c, char *err, unsigned errlen)
 				         c->plaintext ? "" : " and a public_key");
 				return -EINVAL;
 			}
+		if (c->remote_frames < CFG_MIN_REMOTE_FRAMES) {
+			snprintf(err, errlen, "pools.remote_frames = %u: a node of a "
+			         "cluster needs at least %u (pages it holds of other "
+			         "homes' objects, including those in flight)",
+			         c->remote_frames, CFG_MIN_REMOTE_FRAMES);
+			return -EINVAL;
+		}
 		if (c->prefetch_pages > 128) {
 			snprintf(err, errlen, "cluster.prefetch_pages = %u: at most 128",
 			         c->prefetch_pages);

@@ -51,6 +51,10 @@ struct node_config {
 	struct node_peer peers[CFG_MAX_NODES];
 };
 
+/* The fewest remote frames a cluster node runs with: below a handful,
+ * make_room evicts pages that requests in flight still need. */
+#define CFG_MIN_REMOTE_FRAMES 16u
+
 /* Fills defaults. */
 void config_defaults(struct node_config *c);
 /* Reads an ini file over the current values. Returns 0, -ENOENT, or -EINVAL

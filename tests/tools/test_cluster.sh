@@ -142,6 +142,12 @@ expect_eq "heartbeat_ms" "$(ini "$D/node0/capdsmd.conf" cluster heartbeat_ms)" 5
 "$CAPDSM" cluster status --dir "$D" >/dev/null || fail "status with extra"
 "$CAPDSM" cluster down --dir "$D" || fail "cluster down"
 
+# ---- a daemon's refusal of its settings is relayed in one line ----
+printf '[pools]\nremote_frames = 0\n' >"$T/tiny"
+refused "pools.remote_frames = 0: a node of a cluster needs at least 16" \
+	"$CAPDSM" cluster up --dir "$T/tiny-c" --nodes 2 --config-extra "$T/tiny"
+"$CAPDSM" cluster down --dir "$T/tiny-c" >/dev/null 2>&1
+
 # ---- a lone node is as before: no cluster section, no key ----
 L=$T/l
 up "$L" --nodes 1
