@@ -1155,12 +1155,13 @@ err:
  * (sessions_used counts the status query itself). */
 static const char *const status_counters[] = {
 	"sessions_used", "data_objects_used", "sturdy_used", "frames_used",
-	"mappings_used", "locks_used", "requests", "errors",
+	"mappings_used", "locks_used", "requests", "errors", "peers_up",
 };
 
 struct counter_line {
 	char text[256];
 	size_t len;
+	uint64_t nodes, peers_up; /* cluster_nodes, peers_up (0: a lone node) */
 };
 
 static void add_counter(const char *name, uint64_t value, void *arg)
@@ -1168,6 +1169,11 @@ static void add_counter(const char *name, uint64_t value, void *arg)
 	struct counter_line *l = arg;
 	size_t room = sizeof(l->text) - l->len;
 	int n;
+
+	if (strcmp(name, "cluster_nodes") == 0)
+		l->nodes = value;
+	else if (strcmp(name, "peers_up") == 0)
+		l->peers_up = value;
 
 	for (size_t i = 0;
 	     i < sizeof(status_counters) / sizeof(status_counters[0]); i++) {
@@ -1181,7 +1187,9 @@ static void add_counter(const char *name, uint64_t value, void *arg)
 	}
 }
 
-/* Prints node i's line; returns whether it is up. */
+/* Prints node i's line; returns whether it is up and, in a cluster,
+ * reaches every other node (a node that stalled longer than
+ * dead_after_ms is dead to its peers for good: crash-stop). */
 static bool print_node(const struct cluster *cl, uint32_t i)
 {
 	struct counter_line counters = { .len = 0 };
@@ -1209,10 +1217,13 @@ static bool print_node(const struct cluster *cl, uint32_t i)
 	node_address(cl->dir, cl->k[i], addr, sizeof(addr));
 	if (tool_netns_node(cl->dir, cl->k[i], netns + 7))
 		memcpy(netns, " netns ", 7);
+	bool cut = rc == 0 && counters.nodes > 1 &&
+	           counters.peers_up + 1 < counters.nodes;
 	printf("node %" PRIu32 " pid %s %s socket %s address %s%s%s\n",
-	       cl->k[i], pid, rc == 0 ? "up" : "down", sock, addr, netns,
-	       counters.text);
-	return rc == 0;
+	       cl->k[i], pid,
+	       rc != 0 ? "down" : cut ? "up-but-cut-off" : "up", sock, addr,
+	       netns, counters.text);
+	return rc == 0 && !cut;
 }
 
 int tool_cluster_status(const struct tool_args *a)

@@ -142,6 +142,21 @@ expect_eq "heartbeat_ms" "$(ini "$D/node0/capdsmd.conf" cluster heartbeat_ms)" 5
 "$CAPDSM" cluster status --dir "$D" >/dev/null || fail "status with extra"
 "$CAPDSM" cluster down --dir "$D" || fail "cluster down"
 
+# ---- a node that stalled past dead_after_ms is cut off for good
+# (crash-stop), and status says so and exits 1 ----
+S=$T/stall
+printf '[cluster]\nheartbeat_ms = 50\ndead_after_ms = 300\n' >"$T/fast"
+up "$S" --nodes 3 --config-extra "$T/fast"
+"$CAPDSM" cluster status --dir "$S" >/dev/null || fail "status before the stall"
+kill -STOP "$(cat "$S/node2/pid")"
+sleep 0.8
+kill -CONT "$(cat "$S/node2/pid")"
+sleep 0.5
+out=$("$CAPDSM" cluster status --dir "$S") && fail "status exited 0 after a cut: $out"
+case $out in *"node 2 pid "*" up-but-cut-off "*) ;;
+*) fail "status does not show node 2 cut off: $out" ;; esac
+"$CAPDSM" cluster down --dir "$S" || fail "cluster down after the stall"
+
 # ---- a daemon's refusal of its settings is relayed in one line ----
 printf '[pools]\nremote_frames = 0\n' >"$T/tiny"
 refused "pools.remote_frames = 0: a node of a cluster needs at least 16" \
