@@ -289,10 +289,10 @@ static int rpc(struct capdsm *c, Capdsm__Request *q, const void *out_pl,
 		struct wire_hdr h;
 		Capdsm__Reply *r;
 		const uint8_t *m;
-		int st = rc;
-
 		if (rc == -EPIPE)
 			rc = -ECONNRESET; /* the daemon closed: as capdsm.h says */
+		int st = rc;
+
 		fail(c, rc, "send to daemon: %s", strerror(-rc));
 		if (in_frame(c, &h, &m, NULL) == 0 &&
 		    (r = reply_unpack(c, h.msg_len, m))) {
