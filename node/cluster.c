@@ -38,6 +38,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "node.h"
@@ -1250,6 +1251,14 @@ static int read_key(const char *path, char key[TP_KEY_LEN + 1], char *err,
 		snprintf(err, errlen, "no cluster key: %s: %s (a node without the "
 		         "cluster key is refused)", path[0] ? path : "(secret_key_file "
 		         "not set)", strerror(errno));
+		return -EACCES;
+	}
+	struct stat st;
+	if (fstat(fd, &st) == 0 && (st.st_mode & 077)) {
+		close(fd);
+		snprintf(err, errlen, "cluster key %s: mode %03o lets others read "
+		         "or change it; it must be 0600 (or 0400)", path,
+		         (unsigned)(st.st_mode & 0777));
 		return -EACCES;
 	}
 	k = read(fd, buf, sizeof buf - 1);

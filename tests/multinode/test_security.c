@@ -13,6 +13,8 @@
  */
 #include "mn.h"
 
+#include <sys/stat.h>
+
 #include <sys/wait.h>
 
 #define JOIN_WINDOW_MS 2000 /* 40 heartbeats: ample time to join */
@@ -60,6 +62,20 @@ static void test_mismatched_key_refused(void **state)
 	o.mismatched_key = 1u << 1;
 	assert_int_equal(mn_start(3, &o), 0);
 	expect_refused_start(1, "does not belong to node 1");
+}
+
+/* A key file others may read is refused, as ssh refuses such a private
+ * key: node 1 is stopped, its key made world-readable, and it must not
+ * start again; made 0600 again, it starts. */
+static void test_readable_key_refused(void **state)
+{
+	(void)state;
+	assert_int_equal(mn_start(3, NULL), 0);
+	assert_int_equal(th_cluster_kill(&mn_c, 1), 0);
+	assert_int_equal(chmod(mn_c.key_file[1], 0644), 0);
+	expect_refused_start(1, "mode 644 lets others read");
+	assert_int_equal(chmod(mn_c.key_file[1], 0600), 0);
+	assert_int_equal(th_cluster_start_node(&mn_c, 1), 0);
 }
 
 /* Node k runs but is not a member: for JOIN_WINDOW_MS, every import it
@@ -183,6 +199,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		MN_OWN_TEST(test_no_key_file_refused),
 		MN_OWN_TEST(test_mismatched_key_refused),
+		MN_OWN_TEST(test_readable_key_refused),
 		MN_OWN_TEST(test_foreign_key_cannot_join),
 		MN_OWN_TEST(test_plaintext_node_cannot_join),
 		MN_OWN_TEST(test_reference_outside_cluster),
