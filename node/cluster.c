@@ -423,8 +423,13 @@ static void read_ahead(struct node *n, struct mapping *m, struct dobj *d,
 	uint64_t last = (m->offset + m->length) / PAGE; /* past the mapping */
 
 	m->seq_next = pgno + 1;
-	if (!seq)
-		m->pf_win = 0; /* a jump: the next run starts small again */
+	if (!seq) {
+		/* A jump: the window is forgotten (a new run may go back over
+		 * pages read ahead before) and starts small again. */
+		m->pf_win = 0;
+		m->pf_end = 0;
+		m->pf_mark = UINT64_MAX;
+	}
 	if (!max || !seq || d->home == n->cfg.node_id)
 		return;
 	/* The window starts at NODE_RA_START pages and doubles with each
