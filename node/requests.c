@@ -75,7 +75,25 @@ static void send_ok(struct node *n, struct session *s, Capdsm__Reply *r)
 }
 
 /* A reason for the common capability errors. */
-static const char *cap_reason(int rc)
+/* Which pool of the node ran out, for -ENOSPC from caps: the one at its
+ * size (pools.* in the README names the setting). */
+static const char *full_pool(struct node *n)
+{
+	struct cap_stats st;
+
+	cap_space_stats(n->cs, &st);
+	if (st.objects_used >= st.objects_max)
+		return "node pool full: objects (pools.objects)";
+	if (st.caps_used >= st.caps_max)
+		return "node pool full: capability records (pools.caps)";
+	if (st.sturdy_used >= st.sturdy_max)
+		return "node pool full: sturdy references (pools.sturdy)";
+	if (st.clists_used >= st.clists_max)
+		return "node pool full: c-lists (pools.clients)";
+	return "c-list full: no free slot (pools.slots_per_client)";
+}
+
+static const char *cap_reason(struct node *n, int rc)
 {
 	switch (rc) {
 	case -EBADF: return "no capability in that slot";
@@ -83,7 +101,7 @@ static const char *cap_reason(int rc)
 	case -EPERM: return "capability lacks a needed right";
 	case -ENOTTY: return "capability names the wrong kind of object";
 	case -EDQUOT: return "space bank quota exceeded";
-	case -ENOSPC: return "node pool full";
+	case -ENOSPC: return full_pool(n);
 	case -EACCES: return "no such sturdy reference";
 	case -EINVAL: return "malformed argument";
 	default: return strerror(-rc);
@@ -371,7 +389,7 @@ static void do_hello(struct node *n, struct session *s, uint64_t id,
 		                       h->version);
 	rc = cap_clist_create(n->cs, bank, &s->clist);
 	if (rc)
-		return node_send_error(n, s, id, rc, "c-list: %s", cap_reason(rc));
+		return node_send_error(n, s, id, rc, "c-list: %s", cap_reason(n, rc));
 	if (h->bank_ref && h->bank_ref[0]) {
 		rc = cap_sturdy_parse(h->bank_ref, &ref);
 		if (!rc)
@@ -404,7 +422,7 @@ fail:
 	cap_clist_destroy(n->cs, s->clist);
 	s->clist = CAP_NONE;
 	node_send_error(n, s, id, rc, "hello: bank reference: %s",
-	                cap_reason(rc));
+	                cap_reason(n, rc));
 }
 
 /* The bank named by a slot (bank capability with write) or the session's. */
@@ -435,7 +453,7 @@ static void do_object_create(struct node *n, struct session *s, uint64_t id,
 
 	rc = bank_of_slot(n, s, oc->bank, &bank);
 	if (rc)
-		return node_send_error(n, s, id, rc, "bank: %s", cap_reason(rc));
+		return node_send_error(n, s, id, rc, "bank: %s", cap_reason(n, rc));
 	if (oc->size == 0 || oc->size > (uint64_t)n->cfg.frames * PAGE)
 		return node_send_error(n, s, id, -EINVAL,
 		                       "size must be 1..%" PRIu64 " bytes",
@@ -457,7 +475,7 @@ static void do_object_create(struct node *n, struct session *s, uint64_t id,
 	rc = cap_obj_create(n->cs, CAP_KIND_DATA, bank, pages * PAGE, d, &oid);
 	if (rc)
 		return node_send_error(n, s, id, rc, "object create: %s",
-		                       cap_reason(rc));
+		                       cap_reason(n, rc));
 	snprintf(name, sizeof name, "capdsm-obj-%" PRIx64, oid);
 	rc = dobj_memory(d, pages, name);
 	if (rc) {
@@ -485,7 +503,7 @@ static void do_object_create(struct node *n, struct session *s, uint64_t id,
 	if (rc) {
 		cap_obj_destroy(n->cs, oid); /* frees d through on_destroy */
 		return node_send_error(n, s, id, rc, "object create: %s",
-		                       cap_reason(rc));
+		                       cap_reason(n, rc));
 	}
 	log_debug("object created", "oid=0x%" PRIx64 " size=%" PRIu64 " bank=0x%"
 	          PRIx64, oid, oc->size, bank);
@@ -508,7 +526,7 @@ static void do_object_destroy(struct node *n, struct session *s, uint64_t id,
 		                       "capability with every right");
 	if (rc)
 		return node_send_error(n, s, id, rc, "object destroy: %s",
-		                       cap_reason(rc));
+		                       cap_reason(n, rc));
 	int home = remote_home(n, s, cs_->slot);
 	if (home >= 0)
 		return node_send_error(n, s, id, -EREMOTE, "object destroy: the "
@@ -517,7 +535,7 @@ static void do_object_destroy(struct node *n, struct session *s, uint64_t id,
 	rc = cap_obj_destroy(n->cs, ci.oid);
 	if (rc)
 		return node_send_error(n, s, id, rc, "object destroy: %s",
-		                       cap_reason(rc));
+		                       cap_reason(n, rc));
 	node_check_mappings(n);
 	send_ok(n, s, r);
 }
@@ -584,7 +602,7 @@ static int check_range(struct node *n, struct session *s, uint32_t slot,
 	int rc = cap_check(n->cs, s->clist, slot, CAP_KIND_DATA, need, &ci);
 
 	if (rc) {
-		*why = cap_reason(rc);
+		*why = cap_reason(n, rc);
 		return rc;
 	}
 	d = dobj_of(n, ci.oid);
@@ -758,7 +776,7 @@ static void do_map(struct node *n, struct session *s, uint64_t id,
 	               &pi);
 	if (rc)
 		return node_send_error(n, s, id, rc, "map: process: %s",
-		                       cap_reason(rc));
+		                       cap_reason(n, rc));
 	if (pi.oid != s->proc_oid)
 		return node_send_error(n, s, id, -EXDEV,
 		                       "map: only the caller's own process can be "
@@ -785,12 +803,12 @@ static void do_map(struct node *n, struct session *s, uint64_t id,
 		return node_send_error(n, s, id, -ENOSPC, "map: mapping pool full");
 	rc = bank_charge(n->cs, s->bank, CAP_CHARGE_MAPPING, 0);
 	if (rc)
-		return node_send_error(n, s, id, rc, "map: %s", cap_reason(rc));
+		return node_send_error(n, s, id, rc, "map: %s", cap_reason(n, rc));
 	uint32_t slot;
 	rc = cap_restrict(n->cs, s->clist, mp->slot, want | CAP_R_MAP, &slot);
 	if (rc) {
 		bank_uncharge(n->cs, s->bank, CAP_CHARGE_MAPPING, 0);
-		return node_send_error(n, s, id, rc, "map: %s", cap_reason(rc));
+		return node_send_error(n, s, id, rc, "map: %s", cap_reason(n, rc));
 	}
 	uint32_t idx = (uint32_t)(m - n->maps);
 	uint32_t gen = (uint32_t)(m->id >> 32) + 1;
@@ -1085,7 +1103,7 @@ static void do_cap(struct node *n, struct session *s, uint64_t id,
 		                       "%s: reference names node %u, this is node %u",
 		                       what, ref.node, n->cfg.node_id);
 	if (rc)
-		return node_send_error(n, s, id, rc, "%s: %s", what, cap_reason(rc));
+		return node_send_error(n, s, id, rc, "%s: %s", what, cap_reason(n, rc));
 	send_ok(n, s, r);
 }
 
@@ -1102,7 +1120,7 @@ static void do_send(struct node *n, struct session *s, uint64_t id,
 	rc = cap_check(n->cs, s->clist, cs_->process, CAP_KIND_PROCESS, 0, &pi);
 	if (rc)
 		return node_send_error(n, s, id, rc, "send: process: %s",
-		                       cap_reason(rc));
+		                       cap_reason(n, rc));
 	if (cap_obj_get(n->cs, pi.oid, &k, &priv) != 0 || !priv)
 		return node_send_error(n, s, id, -ESRCH, "send: process is gone");
 	t = priv;
@@ -1111,7 +1129,7 @@ static void do_send(struct node *n, struct session *s, uint64_t id,
 		                       "send: receiver's inbox is full");
 	rc = cap_transfer(n->cs, s->clist, cs_->slot, t->clist, cs_->rights, &slot);
 	if (rc)
-		return node_send_error(n, s, id, rc, "send: %s", cap_reason(rc));
+		return node_send_error(n, s, id, rc, "send: %s", cap_reason(n, rc));
 	if (t->recv_waiting) {
 		Capdsm__Reply tr = CAPDSM__REPLY__INIT;
 		t->recv_waiting = false;
@@ -1160,7 +1178,7 @@ static void do_bank(struct node *n, struct session *s, uint64_t id,
 		}
 		if (rc)
 			return node_send_error(n, s, id, rc, "bank create: %s",
-			                       cap_reason(rc));
+			                       cap_reason(n, rc));
 		break;
 	case CAPDSM__REQUEST__BODY_BANK_SHOW:
 		rc = cap_check(n->cs, s->clist, q->bank_show->slot, CAP_KIND_BANK,
@@ -1169,7 +1187,7 @@ static void do_bank(struct node *n, struct session *s, uint64_t id,
 			rc = bank_info(n->cs, ci.oid, &bi);
 		if (rc)
 			return node_send_error(n, s, id, rc, "bank show: %s",
-			                       cap_reason(rc));
+			                       cap_reason(n, rc));
 		info.oid = bi.oid;
 		info.parent = bi.parent;
 		info.limit_bytes = bi.limit_bytes;
@@ -1184,13 +1202,13 @@ static void do_bank(struct node *n, struct session *s, uint64_t id,
 		               CAP_R_WRITE, &ci);
 		if (rc)
 			return node_send_error(n, s, id, rc, "bank destroy: %s",
-			                       cap_reason(rc));
+			                       cap_reason(n, rc));
 		rc = bank_destroy(n->cs, ci.oid);
 		if (rc)
 			return node_send_error(n, s, id, rc, "bank destroy: %s",
 			                       rc == -EPERM ? "the root bank cannot be "
 			                                      "destroyed"
-			                                    : cap_reason(rc));
+			                                    : cap_reason(n, rc));
 		node_check_mappings(n);
 		break;
 	default:
