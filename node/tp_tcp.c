@@ -123,6 +123,15 @@ enum {
 _Static_assert(MSG1_KEYED <= HS_BUF && MSG3 <= HS_BUF, "HS_BUF too small");
 _Static_assert(SS_HDR == 24 && SS_AB == 17, "secretstream sizes changed");
 
+/* Whether the first bytes of a handshake are ZMTP 3's signature (0xFF,
+ * eight bytes, 0x7F): a node configured with transport = zmq. Each side
+ * of ZMTP sends those 10 bytes and waits for the other's, so they are all
+ * that ever arrives; saying what they are beats a handshake timeout. */
+static bool zmtp(const uint8_t *b, size_t have)
+{
+	return have >= 10 && b[0] == 0xFF && b[9] == 0x7F;
+}
+
 /* msg2's status: why a responder refused. */
 enum { ST_OK = 0, ST_MODE, ST_MEMBER, ST_NODE, ST_VERSION };
 
@@ -614,6 +623,13 @@ static int out_handshake(struct tp_tcp *c, const struct tp_handlers *h,
 			                     "during the handshake", i, addr);
 		}
 		o->have += (size_t)n;
+		if (need == HS_FIX && zmtp(o->hs, o->have)) {
+			out_close(c, i, REFUSED_US);
+			return tp__auth_fail(t, h, ctx, "node %u (%s) speaks ZeroMQ "
+			                     "(ZMTP): every node of a cluster must "
+			                     "use the same cluster.transport (this one: "
+			                     "tcp)", i, addr);
+		}
 		if (o->have < need)
 			continue;
 		if (need == HS_FIX) {
@@ -853,6 +869,16 @@ static int in_handshake(struct tp_tcp *c, const struct tp_handlers *h,
 			return events;
 		}
 		in->have += (size_t)n;
+		if (in->st != I_CONFIRM && in->need == HS_FIX &&
+		    zmtp(in->hs, in->have)) {
+			events = tp__auth_fail(&c->b, h, ctx, "refused a connection "
+			                       "from %s: it speaks ZeroMQ (ZMTP): every "
+			                       "node of a cluster must use the same "
+			                       "cluster.transport (this one: tcp)",
+			                       in->from);
+			in_close(c, k);
+			return events;
+		}
 		if (in->have < in->need)
 			continue;
 		if (in->st == I_CONFIRM)

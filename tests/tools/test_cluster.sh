@@ -157,6 +157,21 @@ case $out in *"node 2 pid "*" up-but-cut-off "*) ;;
 *) fail "status does not show node 2 cut off: $out" ;; esac
 "$CAPDSM" cluster down --dir "$S" || fail "cluster down after the stall"
 
+# ---- a node of the other transport is refused, and its log says why ----
+M=$T/mixed
+up "$M" --nodes 2
+kill "$(cat "$M/node1/pid")"
+for _ in $(seq 50); do kill -0 "$(cat "$M/node1/pid")" 2>/dev/null || break; sleep 0.1; done
+sed -i 's/^transport = zmq$/transport = tcp/' "$M/node1/capdsmd.conf"
+"$CAPDSMD" --config "$M/node1/capdsmd.conf" >"$T/mixed.log" 2>&1 &
+odd=$!
+for _ in $(seq 50); do grep -q "speaks ZeroMQ" "$T/mixed.log" && break; sleep 0.1; done
+kill "$odd" 2>/dev/null
+wait "$odd" 2>/dev/null
+grep -q "must use the same cluster.transport" "$T/mixed.log" ||
+	fail "a tcp node among zmq nodes did not say why it was refused: $(cat "$T/mixed.log")"
+"$CAPDSM" cluster down --dir "$M" >/dev/null 2>&1
+
 # ---- a daemon's refusal of its settings is relayed in one line ----
 printf '[pools]\nremote_frames = 0\n' >"$T/tiny"
 refused "pools.remote_frames = 0: a node of a cluster needs at least 16" \
