@@ -5,15 +5,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nodes=3 workers=4 size=512 iters=100
+usage() { echo "demo: $*" >&2; echo "usage: scripts/demo.sh [--nodes N] [--workers P] [--size N] [--iters K]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case $1 in
-    --nodes) nodes=$2; shift 2 ;;
-    --workers) workers=$2; shift 2 ;;
-    --size) size=$2; shift 2 ;;
-    --iters) iters=$2; shift 2 ;;
-    *) echo "demo: unknown option $1" >&2; exit 2 ;;
+    --nodes|--workers|--size|--iters)
+      [ $# -ge 2 ] || usage "$1 needs a value"
+      case $2 in ''|*[!0-9]*) usage "$1 $2: not a number" ;; esac
+      case $1 in
+        --nodes) nodes=$2 ;; --workers) workers=$2 ;;
+        --size) size=$2 ;; --iters) iters=$2 ;;
+      esac
+      shift 2 ;;
+    *) usage "unknown option $1" ;;
   esac
 done
+# The same bounds as capdsm-jacobi and capdsm cluster up, checked before
+# anything is installed or started.
+[ "$nodes" -ge 1 ] && [ "$nodes" -le 64 ] || usage "--nodes $nodes: 1 to 64"
+[ "$workers" -ge 1 ] && [ "$workers" -le 64 ] || usage "--workers $workers: 1 to 64"
+[ "$size" -ge 3 ] && [ "$size" -le 4096 ] || usage "--size $size: 3 to 4096"
+[ "$iters" -ge 1 ] || usage "--iters $iters: at least 1"
 
 bash scripts/install-deps.sh
 bash scripts/build.sh build
