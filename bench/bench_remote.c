@@ -1082,15 +1082,17 @@ struct touch {
 	bool write;
 };
 
-/* The k-th page of [from, from + n) in an order with no two neighbours in
- * a row (even offsets up, then odd ones down, so the next segment's first
- * page does not follow this one's last either): every access is a single
- * miss, never read ahead by the daemon (that is the scan's figure). */
+/* The k-th page of [from, from + n) in an order where no page follows
+ * the one before it (even offsets down, then odd ones down; the next
+ * segment starts near its far end): every access is a single miss, never
+ * taken for a sequential run and read ahead by the daemon (that is the
+ * scan's figure). */
 static size_t apart(size_t from, size_t n, size_t k)
 {
-	size_t evens = (n + 1) / 2;
+	size_t evens = (n + 1) / 2, odds = n / 2;
 
-	return from + (k < evens ? 2 * k : 2 * (n - 1 - k) + 1);
+	return from + (k < evens ? 2 * (evens - 1 - k)
+	                         : 2 * (odds - 1 - (k - evens)) + 1);
 }
 
 static uint64_t touch_seg(void *arg, size_t from, size_t n)
