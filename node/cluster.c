@@ -791,6 +791,28 @@ static void send_drop(struct node *n, uint32_t home, uint32_t rslot)
 	peer_send(n, home, &pm, NULL, 0);
 }
 
+/* Frees an import record and its root here. The last import of an
+ * object takes its proxy along (its pages go back as coh_evict sends them,
+ * its frames are freed); otherwise the proxy keeps a live slot at the
+ * home for its locks, from another import. */
+static void import_free(struct node *n, struct rimport *ri)
+{
+	struct dobj *d = dobj_at(n, ri->dobj);
+	struct rimport *other = NULL;
+
+	cap_drop(n->cs, n->imports_clist, ri->root);
+	ri->used = false;
+	for (uint32_t j = 0; j < n->cfg.sturdy && !other; j++)
+		if (n->imports[j].used && n->imports[j].dobj == ri->dobj)
+			other = &n->imports[j];
+	if (!d || d->home == n->cfg.node_id || d->home != ri->home)
+		return;
+	if (other)
+		d->rslot = other->rslot;
+	else
+		cap_obj_destroy(n->cs, d->oid);
+}
+
 void node_cluster_release_imports(struct node *n)
 {
 	if (!n->clustered)
@@ -799,19 +821,9 @@ void node_cluster_release_imports(struct node *n)
 		struct rimport *ri = &n->imports[i];
 		if (!ri->used || cap_derived(n->cs, n->imports_clist, ri->root) == 1)
 			continue;
-		cap_drop(n->cs, n->imports_clist, ri->root);
 		if (tp_peer_alive(n->tp, ri->home))
 			send_drop(n, ri->home, ri->rslot);
-		ri->used = false;
-		/* The proxy keeps a live slot at the home for its locks, if
-		 * another import of it still has one. */
-		struct dobj *d = dobj_at(n, ri->dobj);
-		if (d && d->rslot == ri->rslot)
-			for (uint32_t j = 0; j < n->cfg.sturdy; j++)
-				if (n->imports[j].used && n->imports[j].dobj == ri->dobj) {
-					d->rslot = n->imports[j].rslot;
-					break;
-				}
+		import_free(n, ri);
 	}
 }
 
@@ -881,16 +893,8 @@ static void on_revoked(struct node *n, uint32_t from,
 			if (!ri->used || ri->home != from || ri->rslot != rv->rslots[k])
 				continue;
 			cap_revoke(n->cs, n->imports_clist, ri->root);
-			cap_drop(n->cs, n->imports_clist, ri->root);
-			ri->used = false;
+			import_free(n, ri);
 			any = true;
-			/* The last import of an object takes its proxy along. */
-			bool more = false;
-			for (uint32_t j = 0; j < n->cfg.sturdy; j++)
-				more |= n->imports[j].used && n->imports[j].dobj == ri->dobj;
-			struct dobj *d = dobj_at(n, ri->dobj);
-			if (!more && d && d->home == from)
-				cap_obj_destroy(n->cs, d->oid);
 		}
 	if (any)
 		node_check_mappings(n);

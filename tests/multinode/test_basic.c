@@ -312,21 +312,38 @@ static void test_lock_counter_across_nodes(void **state)
 
 static void stat_fn(const char *name, uint64_t v, void *arg)
 {
+	uint64_t *out = arg;
+
 	if (!strcmp(name, "caps_used"))
-		*(uint64_t *)arg = v;
+		out[0] = v;
+	else if (!strcmp(name, "data_objects_used"))
+		out[1] = v;
+	else if (!strcmp(name, "remote_frames_used"))
+		out[2] = v;
+}
+
+/* caps_used, plus data objects and remote frames in use (proxies). */
+static uint64_t caps_used_and(struct capdsm *c, uint64_t *objs,
+                              uint64_t *frames)
+{
+	uint64_t v[3] = { 0 };
+	MN_OK(c, capdsm_stats(c, stat_fn, v));
+	if (objs)
+		*objs = v[1];
+	if (frames)
+		*frames = v[2];
+	return v[0];
 }
 
 static uint64_t caps_used(struct capdsm *c)
 {
-	uint64_t v = 0;
-	MN_OK(c, capdsm_stats(c, stat_fn, &v));
-	return v;
+	return caps_used_and(c, NULL, NULL);
 }
 
 /* Imports hold records on the home (its c-list for the importing node)
- * and on the importer (the root the session's capability hangs under);
- * both go once nothing derived from the import is held: after a session
- * closes, and after a drop. 300 import-and-close rounds, far more than
+ * and on the importer (the root the session's capability hangs under, and
+ * the proxy object with its frames); all go once nothing derived from the
+ * import is held: after a session closes, and after a drop. 300 import-and-close rounds, far more than
  * the test cluster's pools would survive if they leaked, leave both nodes
  * where they started. */
 static void test_imports_are_released(void **state)
@@ -336,7 +353,8 @@ static void test_imports_are_released(void **state)
 
 	(void)state;
 	uint32_t s0 = mn_object(c0, PAGE, ref);
-	uint64_t home0 = caps_used(c0), imp0 = caps_used(c2);
+	uint64_t objs0, objs1, frames1;
+	uint64_t home0 = caps_used(c0), imp0 = caps_used_and(c2, &objs0, NULL);
 	for (int i = 0; i < 300; i++) {
 		struct capdsm *c = mn_connect(2);
 		uint32_t s = mn_import(c, ref);
@@ -350,12 +368,15 @@ static void test_imports_are_released(void **state)
 	uint64_t home1 = 0;
 	for (int t = 0; t < 100 && (home1 = caps_used(c0)) != home0; t++)
 		mn_sleep_ms(20);
-	uint64_t imp1 = caps_used(c2);
+	uint64_t imp1 = caps_used_and(c2, &objs1, &frames1);
 	print_message("caps_used: home %llu -> %llu, importer %llu -> %llu\n",
 	              (unsigned long long)home0, (unsigned long long)home1,
 	              (unsigned long long)imp0, (unsigned long long)imp1);
 	assert_int_equal(home1, home0);
 	assert_int_equal(imp1, imp0);
+	/* The proxy went with the last import, and its frame with it. */
+	assert_int_equal(objs1, objs0);
+	assert_int_equal(frames1, 0);
 	MN_OK(c0, capdsm_object_destroy(c0, s0));
 	mn_close(c0);
 	mn_close(c2);
