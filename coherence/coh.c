@@ -278,7 +278,8 @@ static void act_send(struct coh_node *n, const struct page *pg, uint8_t type,
 
 static void act_access(struct coh_node *n, struct page *pg, uint8_t mode)
 {
-	struct coh_action a = {.type = COH_ACT_ACCESS, .mode = mode};
+	struct coh_action a = {.type = COH_ACT_ACCESS, .mode = mode,
+	                       .prev = pg->local};
 
 	pg->local = mode;
 	emit(n, pg, &a);

@@ -111,6 +111,9 @@ enum coh_act_type {
 struct coh_action {
 	enum coh_act_type type;
 	enum coh_mode mode; /* ACCESS: new local state; DONE: mode asked */
+	enum coh_mode prev; /* ACCESS: the local state before (a page that
+	                     * was INVALID is mapped nowhere: nothing to
+	                     * write-protect) */
 	int err;            /* DONE */
 	bool at_home;       /* this node is the page's home */
 	uint64_t cookie;    /* the driver's cookie given to coh_page_add;

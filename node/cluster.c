@@ -186,7 +186,10 @@ static void on_action(void *ctx, const struct coh_action *a)
 					n->remote_frames--;
 			}
 			node_pager_zap_page(n, d, a->page.pgno, a->at_home);
-		} else if (a->mode == COH_READ) {
+		} else if (a->mode == COH_READ && a->prev == COH_WRITE) {
+			/* A downgrade. From INVALID (a read miss) no mapping has
+			 * the page (invalidation punched it out of all of them):
+			 * the fault that maps it maps it write-protected. */
 			node_pager_protect_page(n, d, a->page.pgno);
 		}
 		break;
