@@ -487,6 +487,12 @@ void node_cluster_fault(struct node *n, struct mapping *m, uint64_t addr,
 		return node_refuse_fault(n, &n->sessions[m->session], tid, addr,
 		                         rc == -EHOSTDOWN ? "the page's home is down"
 		                                          : "coherence refused the page");
+	/* Away from its home a page this node holds is in the proxy's file
+	 * (INSTALL put it there, perhaps after the fault was raised as
+	 * MISSING): map it as a minor fault, one UFFDIO_CONTINUE, instead of
+	 * trying to fill it first. */
+	if (d->home != n->cfg.node_id && !(flags & UFFD_PAGEFAULT_FLAG_WP))
+		flags |= UFFD_PAGEFAULT_FLAG_MINOR;
 	rc = node_pager_resolve(n, m, addr, flags, page_read_only(n, d, pgno));
 	log_debug("fault resolved", "mapping=0x%" PRIx64 " pg=%" PRIu64
 	          " flags=0x%" PRIx64 " ro=%d rc=%d", m->id, pgno, flags,
