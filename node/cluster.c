@@ -179,12 +179,10 @@ static void on_action(void *ctx, const struct coh_action *a)
 		if (!d)
 			break;
 		if (a->mode == COH_INVALID) {
-			if (!a->at_home) {
-				unsigned char in;
-				if (mincore(d->base + a->page.pgno * PAGE, PAGE, &in) == 0 &&
-				    (in & 1) && n->remote_frames)
-					n->remote_frames--;
-			}
+			/* Away from the home a page held (READ or WRITE) has its
+			 * frame filled (INSTALL): one frame fewer in use. */
+			if (!a->at_home && a->prev != COH_INVALID && n->remote_frames)
+				n->remote_frames--;
 			node_pager_zap_page(n, d, a->page.pgno, a->at_home);
 		} else if (a->mode == COH_READ && a->prev == COH_WRITE) {
 			/* A downgrade. From INVALID (a read miss) no mapping has
