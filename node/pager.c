@@ -361,6 +361,10 @@ static void zap_range(struct node *n, const struct dobj *d, uint64_t off,
 void node_pager_zap_page(struct node *n, struct dobj *d, uint64_t pgno,
                          bool keep)
 {
+	/* Kept (at the home) and mapped by no process here: nothing to take
+	 * away, and the frame stays as it is. */
+	if (keep && d->maps == NODE_NIL)
+		return;
 	if (keep)
 		zap_range(n, d, pgno * PAGE, PAGE);
 	else
