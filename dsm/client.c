@@ -104,6 +104,23 @@ static void reply_free(struct capdsm *c, Capdsm__Reply *r)
 	(void)r;
 }
 
+/* One receive into c->in: with `fd`, collecting a descriptor; without,
+ * plain recv() (the kernel closes any descriptor a daemon would send
+ * unasked). Returns the bytes, 0 at end of stream, or a negative errno. */
+static ssize_t recv_some(struct capdsm *c, int *fd, int flags)
+{
+	ssize_t r;
+
+	if (fd)
+		return wire_recv_some(c->fd, c->in + c->in_have,
+		                      sizeof c->in - c->in_have, fd, flags);
+	do
+		r = recv(c->fd, c->in + c->in_have, sizeof c->in - c->in_have,
+		         flags);
+	while (r < 0 && errno == EINTR);
+	return r < 0 ? -errno : r;
+}
+
 /* Adaptive waiting (capdsm_set_poll_us): tries a non-blocking receive,
  * yielding the CPU between tries, for up to poll_us; returns the bytes
  * received (> 0), or 0 when the time ran out or the receive failed (the
@@ -115,21 +132,12 @@ static ssize_t spin_recv(struct capdsm *c, int *fd)
 
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	for (uint32_t i = 1;; i++) {
-		ssize_t r;
-		if (fd) {
-			r = wire_recv_some(c->fd, c->in + c->in_have,
-			                   sizeof c->in - c->in_have, fd, MSG_DONTWAIT);
-		} else {
-			r = recv(c->fd, c->in + c->in_have, sizeof c->in - c->in_have,
-			         MSG_DONTWAIT);
-			if (r < 0)
-				r = -errno;
-		}
+		ssize_t r = recv_some(c, fd, MSG_DONTWAIT);
 		if (r > 0) {
 			c->in_have += (uint32_t)r;
 			return r;
 		}
-		if (r == 0 || (r != -EAGAIN && r != -EINTR))
+		if (r != -EAGAIN)
 			return 0;
 		sched_yield();
 		if (i % 16 == 0) {
@@ -154,23 +162,11 @@ static int in_need(struct capdsm *c, uint32_t n, int *fd)
 		c->in_off = 0;
 	}
 	while (c->in_have < n) {
-		/* Without a descriptor to collect, plain recv(): the kernel
-		 * closes any that a daemon would send unasked. */
 		ssize_t r;
 
 		if (c->poll_us && spin_recv(c, fd) > 0)
 			continue;
-		if (fd) {
-			r = wire_recv_some(c->fd, c->in + c->in_have,
-			                   sizeof c->in - c->in_have, fd, 0);
-		} else {
-			do
-				r = recv(c->fd, c->in + c->in_have,
-				         sizeof c->in - c->in_have, 0);
-			while (r < 0 && errno == EINTR);
-			if (r < 0)
-				r = -errno;
-		}
+		r = recv_some(c, fd, 0);
 		if (r < 0)
 			return (int)r;
 		if (r == 0)

@@ -447,9 +447,11 @@ static void read_ahead(struct node *n, struct mapping *m, struct dobj *d,
 	uint64_t got = ask_ahead(n, d, from, to, COH_READ);
 	if (got > m->pf_end)
 		m->pf_end = got;
-	/* Pages held already are mapped now; the others as they arrive. */
+	/* Pages held already are mapped now; the others as they arrive
+	 * (their DONE queues them). */
 	for (uint64_t p = from; p < got; p++)
-		premap(n, d, p);
+		if (held(n, d, p) != COH_INVALID)
+			premap(n, d, p);
 }
 
 /* Lowers parked_hi past the unused records at its end. */

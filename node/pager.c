@@ -89,13 +89,13 @@ static int resolve_missing_private(struct node *n, const struct mapping *m,
 	return uffd_ioctl(m->uffd, UFFDIO_CONTINUE, &cn);
 }
 
-static int resolve_minor(int fd, uint64_t addr, bool dontwake)
+static int write_protect(int fd, uint64_t addr, uint64_t len, bool on)
 {
-	struct uffdio_continue cn = {
-		.range = { .start = addr, .len = PAGE },
-		.mode = dontwake ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0,
+	struct uffdio_writeprotect wp = {
+		.range = { .start = addr, .len = len },
+		.mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
 	};
-	return uffd_ioctl(fd, UFFDIO_CONTINUE, &cn);
+	return uffd_ioctl(fd, UFFDIO_WRITEPROTECT, &wp);
 }
 
 /* Linux 6.4 and later map a page write-protected in the same
@@ -107,42 +107,36 @@ static int resolve_minor(int fd, uint64_t addr, bool dontwake)
 #endif
 static bool continue_wp = true;
 
-/* Maps [addr, addr + len) write-protected in one ioctl, waking the
- * faulting thread. Returns 0, a negative errno, or 1 when the kernel lacks
- * the mode (nothing was done). *mapped: the bytes mapped. */
-static int resolve_minor_wp(int fd, uint64_t addr, uint64_t len,
-                            uint64_t *mapped)
+/* Maps [addr, addr + len) of pages in the file (UFFDIO_CONTINUE), and
+ * write-protected if `protect`: in the same ioctl where the kernel can
+ * (which also wakes a waiting thread), else continue without waking and
+ * protect after, leaving the wake to the caller. *mapped: the bytes
+ * mapped; a run stopped part way says -EAGAIN, a page mapped already
+ * -EEXIST with nothing mapped. */
+static int continue_range(int fd, uint64_t addr, uint64_t len, bool protect,
+                          uint64_t *mapped)
 {
+	bool in_one = protect && continue_wp;
 	struct uffdio_continue cn = {
 		.range = { .start = addr, .len = len },
-		.mode = UFFDIO_CONTINUE_MODE_WP,
+		.mode = in_one ? UFFDIO_CONTINUE_MODE_WP
+		        : protect ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0,
 	};
+	int rc = ioctl(fd, UFFDIO_CONTINUE, &cn) == 0 ? 0 : -errno;
 
-	*mapped = 0;
-	if (!continue_wp)
-		return 1;
-	if (ioctl(fd, UFFDIO_CONTINUE, &cn) == 0) {
-		*mapped = len;
-		return 0;
-	}
-	int rc = -errno;
-	if (rc == -EINVAL && cn.mapped == -EINVAL) {
+	if (rc == -EINVAL && in_one && cn.mapped == -EINVAL) {
 		continue_wp = false;
 		log_info("kernel without UFFDIO_CONTINUE_MODE_WP", "fallback="
 		         "\"continue, write-protect, wake\"");
-		return 1;
+		return continue_range(fd, addr, len, protect, mapped);
 	}
-	*mapped = cn.mapped > 0 ? (uint64_t)cn.mapped : 0;
+	*mapped = rc == 0 ? len : cn.mapped > 0 ? (uint64_t)cn.mapped : 0;
+	if (*mapped && protect && !in_one) {
+		int w = write_protect(fd, addr, *mapped, true);
+		if (w)
+			return w;
+	}
 	return rc;
-}
-
-static int write_protect(int fd, uint64_t addr, uint64_t len, bool on)
-{
-	struct uffdio_writeprotect wp = {
-		.range = { .start = addr, .len = len },
-		.mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
-	};
-	return uffd_ioctl(fd, UFFDIO_WRITEPROTECT, &wp);
 }
 
 /* Maps the faulting page. `read_only_page`: the node holds the page only
@@ -160,13 +154,14 @@ int node_pager_resolve(struct node *n, struct mapping *m, uint64_t addr,
 	} else if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
 		n->ct.faults_minor++;
 		uint64_t done;
-		int w = protect ? resolve_minor_wp(m->uffd, addr, PAGE, &done) : 1;
-		if (w == 0)
-			return 0; /* mapped protected, and the thread woken */
-		if (w == 1)
-			rc = resolve_minor(m->uffd, addr, protect);
-		else
-			rc = w; /* -EEXIST (a racing fault mapped it) goes on below */
+		for (int tries = 0; tries < 100; tries++) {
+			rc = continue_range(m->uffd, addr, PAGE, protect, &done);
+			if (rc != -EAGAIN && rc != -EINTR)
+				break;
+		}
+		if (rc == 0) /* mapped, and protected if need be */
+			return protect && !continue_wp ? wake(m->uffd, addr) : 0;
+		/* -EEXIST (a racing fault mapped it) goes on below */
 	} else if (m->rights & CAP_R_WRITE) {
 		n->ct.faults_missing++;
 		rc = resolve_missing(m->uffd, addr, protect);
@@ -204,36 +199,11 @@ int node_pager_premap(struct node *n, struct mapping *m, uint64_t addr,
 	 * it finds the page mapped (-EEXIST) and wakes it then. */
 	for (int stuck = 0; addr < end && stuck < 100;) {
 		uint64_t done;
-		int wrc = protect ? resolve_minor_wp(m->uffd, addr, end - addr, &done)
-		                  : 1;
-		if (wrc != 1) {
-			n->ct.prefetch_mapped += done / PAGE;
-			addr += done;
-			if (wrc == -EEXIST)
-				addr += PAGE;
-			else if (wrc == -EAGAIN || wrc == -EINTR)
-				stuck += done == 0;
-			else if (wrc)
-				return wrc;
-			continue;
-		}
-		struct uffdio_continue cn = {
-			.range = { .start = addr, .len = end - addr },
-			.mode = protect ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0,
-		};
-		int rc = ioctl(m->uffd, UFFDIO_CONTINUE, &cn) == 0 ? 0 : -errno;
-		/* A run stopped part way says -EAGAIN with the bytes it mapped;
-		 * a page mapped already says -EEXIST, with nothing mapped. */
-		done = rc == 0 ? end - addr : cn.mapped > 0 ? (uint64_t)cn.mapped : 0;
-		if (done && protect) {
-			int w = write_protect(m->uffd, addr, done, true);
-			if (w)
-				return w;
-		}
+		int rc = continue_range(m->uffd, addr, end - addr, protect, &done);
 		n->ct.prefetch_mapped += done / PAGE;
 		addr += done;
 		if (rc == -EEXIST)
-			addr += PAGE; /* as its state allows already */
+			addr += PAGE; /* mapped already, as its state allows */
 		else if (rc == -EAGAIN || rc == -EINTR)
 			stuck += done == 0;
 		else if (rc)

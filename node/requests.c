@@ -988,7 +988,7 @@ static void do_cap(struct node *n, struct session *s, uint64_t id,
 	char text[CAP_STURDY_TEXT_MAX];
 	Capdsm__CapInfo info = CAPDSM__CAP_INFO__INIT;
 	const char *what = "capability";
-	int rc = 0;
+	int rc = 0, home;
 
 	switch (q->body_case) {
 	case CAPDSM__REQUEST__BODY_CAP_RESTRICT:
@@ -997,11 +997,10 @@ static void do_cap(struct node *n, struct session *s, uint64_t id,
 		    q->cap_restrict->rights & ~(uint32_t)CAP_R_ALL) {
 			rc = -EINVAL;
 		} else if (q->cap_restrict->export &&
-		           remote_home(n, s, q->cap_restrict->slot) >= 0) {
+		           (home = remote_home(n, s, q->cap_restrict->slot)) >= 0) {
 			return node_send_error(n, s, id, -EREMOTE, "restrict: the "
 			                       "object lives on node %d: a reference "
-			                       "names its home, make it there",
-			                       remote_home(n, s, q->cap_restrict->slot));
+			                       "names its home, make it there", home);
 		} else if (q->cap_restrict->export) {
 			/* Widening is checked first, so it reads as EPERM
 			 * whatever the grant right says. */
@@ -1064,11 +1063,10 @@ static void do_cap(struct node *n, struct session *s, uint64_t id,
 		break;
 	case CAPDSM__REQUEST__BODY_CAP_EXPORT:
 		what = "export";
-		if (remote_home(n, s, q->cap_export->slot) >= 0)
+		if ((home = remote_home(n, s, q->cap_export->slot)) >= 0)
 			return node_send_error(n, s, id, -EREMOTE, "export: the object "
 			                       "lives on node %d: a reference names its "
-			                       "home, make it there",
-			                       remote_home(n, s, q->cap_export->slot));
+			                       "home, make it there", home);
 		rc = cap_export(n->cs, s->clist, q->cap_export->slot, &ref);
 		if (!rc)
 			rc = cap_sturdy_format(&ref, text, sizeof text);
