@@ -1323,10 +1323,14 @@ int node_cluster_init(struct node *n, char *err, size_t errlen)
 		return 0;
 	rc = tp_kind_parse(c->transport, &tc.kind);
 	if (rc) {
-		snprintf(err, errlen, "cluster.transport = %s: zmq or tcp",
+		snprintf(err, errlen, "cluster.transport = %s: zmq, tcp or rdma",
 		         c->transport);
 		return rc;
 	}
+	snprintf(tc.rdma_device, sizeof tc.rdma_device, "%s", c->rdma_device);
+	tc.rdma_gid_set = c->rdma_gid_index >= 0;
+	tc.rdma_gid_index = c->rdma_gid_index >= 0 ? (uint32_t)c->rdma_gid_index
+	                                           : 0;
 	n->clustered = true;
 	n->outstanding_max = cc.max_outstanding;
 	if (c->prefetch_pages > c->remote_frames / 4) {

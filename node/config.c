@@ -36,6 +36,7 @@ void config_defaults(struct node_config *c)
 		.bank_limit_objects = 0,
 		.nodes = 1,
 		.transport = "zmq",
+		.rdma_gid_index = -1,
 		.heartbeat_ms = 100,
 		.dead_after_ms = 1000,
 		.remote_frames = 16384,
@@ -165,9 +166,19 @@ static int on_key(void *user, const char *section, const char *name,
 	else if (IS("cluster", "nodes"))
 		rc = set_u32(&c->nodes, value);
 	else if (IS("cluster", "transport"))
-		rc = strcmp(value, "zmq") == 0 || strcmp(value, "tcp") == 0
+		rc = strcmp(value, "zmq") == 0 || strcmp(value, "tcp") == 0 ||
+		                     strcmp(value, "rdma") == 0
 		             ? set_str(c->transport, sizeof c->transport, value)
 		             : -EINVAL;
+	else if (IS("cluster", "rdma_device"))
+		rc = set_str(c->rdma_device, sizeof c->rdma_device, value);
+	else if (IS("cluster", "rdma_gid_index")) {
+		uint32_t g = 0;
+		rc = strcmp(value, "auto") == 0 ? (c->rdma_gid_index = -1, 0)
+		                                : set_u32(&g, value);
+		if (!rc && strcmp(value, "auto") != 0)
+			rc = g > 255 ? -EINVAL : (c->rdma_gid_index = (int32_t)g, 0);
+	}
 	else if (IS("cluster", "secret_key_file"))
 		rc = set_str(c->secret_key_file, sizeof c->secret_key_file, value);
 	else if (IS("cluster", "plaintext"))

@@ -34,8 +34,13 @@ struct node_config {
 	/* cluster: nodes 0..nodes-1, each a [peer.K] section; nodes = 1 and
 	 * no peers is a cluster of one */
 	uint32_t nodes;
-	char transport[16];     /* "zmq" (ZeroMQ + CURVE) or "tcp" (TCP +
-	                           libsodium, in the daemon's own loop) */
+	char transport[16];     /* "zmq" (ZeroMQ + CURVE), "tcp" (TCP +
+	                           libsodium, in the daemon's own loop) or
+	                           "rdma" (that handshake, then RC queue
+	                           pairs through libibverbs) */
+	char rdma_device[64];   /* rdma: verbs device, "" = the first */
+	int32_t rdma_gid_index; /* rdma: GID index, -1 = the first RoCE v2
+	                           IPv4-mapped one */
 	char secret_key_file[512]; /* this node's CURVE secret key, Z85 */
 	char secret_key[CFG_KEY_LEN + 1]; /* read from the file at check */
 	bool plaintext;         /* explicit: no CURVE (benchmarks only) */

@@ -33,7 +33,7 @@ int tp_open(struct tp **out, const struct tp_config *cfg, char *err,
 	rc = tp__check_config(cfg, err, errlen);
 	if (rc)
 		return rc;
-	if (cfg->kind == TP_KIND_TCP)
+	if (cfg->kind == TP_KIND_TCP || cfg->kind == TP_KIND_RDMA)
 		return tp__tcp_open(out, cfg, err, errlen);
 	return tp__zmq_open(out, cfg, err, errlen);
 }
@@ -170,6 +170,8 @@ const char *tp_kind_str(enum tp_kind kind)
 		return "zmq";
 	case TP_KIND_TCP:
 		return "tcp";
+	case TP_KIND_RDMA:
+		return "rdma";
 	}
 	return "?";
 }
@@ -182,6 +184,8 @@ int tp_kind_parse(const char *s, enum tp_kind *out)
 		*out = TP_KIND_ZMQ;
 	else if (!strcmp(s, "tcp"))
 		*out = TP_KIND_TCP;
+	else if (!strcmp(s, "rdma"))
+		*out = TP_KIND_RDMA;
 	else
 		return -EINVAL;
 	return 0;

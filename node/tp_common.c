@@ -205,7 +205,8 @@ int tp__check_config(const struct tp_config *c, char *err, size_t errlen)
 	bool seen[TP_MAX_PEERS] = { false };
 	bool v6;
 
-	if (c->kind != TP_KIND_ZMQ && c->kind != TP_KIND_TCP)
+	if (c->kind != TP_KIND_ZMQ && c->kind != TP_KIND_TCP &&
+	    c->kind != TP_KIND_RDMA)
 		return tp__fail(err, errlen, -EINVAL,
 		                "unknown transport kind %d", (int)c->kind);
 	if (!c->peers || c->npeers == 0 || c->npeers > TP_MAX_PEERS)

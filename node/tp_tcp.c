@@ -101,6 +101,7 @@
 #include <sodium.h>
 
 #include "tp_internal.h"
+#include "tp_rdma.h"
 
 #define SS_TAG crypto_secretstream_xchacha20poly1305_TAG_MESSAGE
 
@@ -110,17 +111,20 @@ enum {
 	HS_VERSION = 1,
 	MODE_KEYED = 1,
 	MODE_PLAIN = 2,
+	MODE_RDMA_KEYED = 3, /* TP_KIND_RDMA: the same handshake, an endpoint */
+	MODE_RDMA_PLAIN = 4, /* in each hello, data over queue pairs */
 	SS_HDR = crypto_secretstream_xchacha20poly1305_HEADERBYTES,
 	SS_AB = crypto_secretstream_xchacha20poly1305_ABYTES,
 	HELLO_LEN = 16,
-	HELLO_REC = 4 + SS_AB + HELLO_LEN,
+	HELLO_MAX = HELLO_LEN + VX_EP_LEN, /* with an RDMA endpoint */
 	MSG1_KEYED = HS_FIX + HS_KEY,
-	MSG2_KEYED = HS_FIX + HS_KEY + SS_HDR + HELLO_REC,
-	MSG3 = SS_HDR + HELLO_REC,
-	HS_BUF = 64,     /* the larger of msg1 and msg3 */
+	MSG2_MAX = HS_FIX + HS_KEY + SS_HDR + 4 + SS_AB + HELLO_MAX,
+	MSG3_MAX = SS_HDR + 4 + SS_AB + HELLO_MAX,
+	HS_BUF = 128,    /* the larger of msg1 and msg3 */
 	BODY_FIX = W_LEN + 4,
+	READY = 'R',     /* RDMA: the acceptor's queue pair is ready */
 };
-_Static_assert(MSG1_KEYED <= HS_BUF && MSG3 <= HS_BUF, "HS_BUF too small");
+_Static_assert(MSG1_KEYED <= HS_BUF && MSG3_MAX <= HS_BUF, "HS_BUF too small");
 _Static_assert(SS_HDR == 24 && SS_AB == 17, "secretstream sizes changed");
 
 /* Whether the first bytes of a handshake are ZMTP 3's signature (0xFF,
@@ -148,13 +152,14 @@ static const char KDF_CTX[crypto_kdf_CONTEXTBYTES] = { 'c', 'a', 'p', 'd',
 
 /* What an inner-epoll event is; the index is a peer id (K_OUT) or a slot
  * (K_IN), the generation that of the descriptor. */
-enum tag_kind { K_LISTEN = TP__K_IMPL, K_OUT, K_IN };
+enum tag_kind { K_LISTEN = TP__K_IMPL, K_OUT, K_IN, K_CQ };
 
 enum ostate {
 	O_IDLE,       /* no socket; dial at `at` */
 	O_CONNECTING, /* connect in progress; give up at `at` */
 	O_HANDSHAKE,  /* msg1 sent, reading msg2; give up at `at` */
-	O_READY,      /* sends records */
+	O_RDMA_WAIT,  /* msg3 sent, awaiting READY; give up at `at` */
+	O_READY,      /* sends records (RDMA: writes into the peer's ring) */
 };
 
 /* The connection this node dialled to one peer. */
@@ -169,7 +174,7 @@ struct out {
 	unsigned salen;
 	uint8_t esk[32];         /* ephemeral secret, during the handshake */
 	uint8_t msg1[MSG1_KEYED];
-	uint8_t hs[MSG2_KEYED];  /* msg2 as it arrives */
+	uint8_t hs[MSG2_MAX];    /* msg2 as it arrives */
 	size_t have;
 	crypto_secretstream_xchacha20poly1305_state tx;
 	/* Records the socket has not taken yet, in a ring of `cap` bytes;
@@ -223,6 +228,13 @@ struct tp_tcp {
 	uint8_t *txb;            /* a sealed record, length included */
 	uint64_t hs_us;          /* a handshake must end within this */
 	uint32_t in_poll;        /* corks held: inside tcp_poll, tp_cork (C6) */
+	/* TP_KIND_RDMA: the verbs data path (tp_rdma.h), and the bytes of
+	 * endpoint each hello carries (0 without RDMA). */
+	struct vx *vx;
+	size_t ep_len;
+	/* Handshake sizes of this mode (keyed or plaintext, with or
+	 * without an endpoint): msg2 after its header, msg3, hello body. */
+	size_t msg2_len, msg3_len, hello_len;
 };
 
 static const struct tp_ops tcp_ops;
@@ -274,7 +286,8 @@ static const char *refusal(uint8_t status)
 {
 	switch (status) {
 	case ST_MODE:
-		return "security mode mismatch (plaintext on one side, keys "
+		return "mode mismatch (plaintext on one side and keys on the "
+		       "other, or cluster.transport tcp on one side and rdma "
 		       "on the other)";
 	case ST_MEMBER:
 		return "this node's id is not a cluster member there";
@@ -331,40 +344,59 @@ static int session_keys(const struct tp *t, bool initiator,
 	return bad ? -1 : 0;
 }
 
-static void hello_seal(crypto_secretstream_xchacha20poly1305_state *ss,
-                       uint8_t *rec, uint32_t from, uint32_t to)
+/* A hello record: "capdsmOK", from, to, and with RDMA the sender's
+ * queue pair endpoint (ep, c->ep_len bytes), so the endpoint is as
+ * authentic as the hello itself. */
+static void hello_seal(const struct tp_tcp *c,
+                       crypto_secretstream_xchacha20poly1305_state *ss,
+                       uint8_t *rec, uint32_t from, uint32_t to,
+                       const uint8_t *ep)
 {
-	uint8_t m[HELLO_LEN];
+	uint8_t m[HELLO_MAX];
 	memcpy(m, HELLO, sizeof HELLO);
 	tp__put32(m + 8, from);
 	tp__put32(m + 12, to);
-	tp__put32(rec, SS_AB + HELLO_LEN);
+	if (c->ep_len)
+		memcpy(m + HELLO_LEN, ep, c->ep_len);
+	tp__put32(rec, (uint32_t)(SS_AB + c->hello_len));
 	crypto_secretstream_xchacha20poly1305_push(ss, rec + 4, NULL, m,
-	                                           HELLO_LEN, NULL, 0, SS_TAG);
+	                                           c->hello_len, NULL, 0,
+	                                           SS_TAG);
+	sodium_memzero(m, sizeof m);
 }
 
-static bool hello_open(crypto_secretstream_xchacha20poly1305_state *ss,
-                       const uint8_t *rec, uint32_t from, uint32_t to)
+static bool hello_open(const struct tp_tcp *c,
+                       crypto_secretstream_xchacha20poly1305_state *ss,
+                       const uint8_t *rec, uint32_t from, uint32_t to,
+                       uint8_t *ep)
 {
-	uint8_t m[HELLO_LEN], want[HELLO_LEN];
+	uint8_t m[HELLO_MAX], want[HELLO_LEN];
 	unsigned long long mlen = 0;
 	unsigned char tag = 0xff;
 
-	if (tp__get32(rec) != SS_AB + HELLO_LEN ||
+	if (tp__get32(rec) != SS_AB + c->hello_len ||
 	    crypto_secretstream_xchacha20poly1305_pull(
-	            ss, m, &mlen, &tag, rec + 4, SS_AB + HELLO_LEN, NULL, 0))
+	            ss, m, &mlen, &tag, rec + 4, SS_AB + c->hello_len, NULL,
+	            0))
 		return false;
 	memcpy(want, HELLO, sizeof HELLO);
 	tp__put32(want + 8, from);
 	tp__put32(want + 12, to);
-	return mlen == HELLO_LEN && tag == SS_TAG &&
-	       sodium_memcmp(m, want, HELLO_LEN) == 0;
+	if (mlen != c->hello_len || tag != SS_TAG ||
+	    sodium_memcmp(m, want, HELLO_LEN) != 0)
+		return false;
+	if (c->ep_len)
+		memcpy(ep, m + HELLO_LEN, c->ep_len);
+	return true;
 }
 
 /* ---- the outgoing ring ---- */
 
 static bool room(const struct tp_tcp *c, const struct out *o, size_t len)
 {
+	if (c->vx)
+		return o->st == O_READY &&
+		       vx_out_room(c->vx, (uint32_t)(o - c->out));
 	return o->st == O_READY && o->nrec < c->b.qlimit &&
 	       o->cap - (size_t)(o->tail - o->head) >= len;
 }
@@ -488,6 +520,8 @@ static void out_close(struct tp_tcp *c, uint32_t i, uint64_t delay_us)
 	struct out *o = &c->out[i];
 
 	drop_fd(c, &o->fd);
+	if (c->vx)
+		vx_out_end(c->vx, i);
 	o->st = O_IDLE;
 	o->gen++;
 	o->pollout = false;
@@ -561,7 +595,38 @@ static void out_ready(struct tp_tcp *c, uint32_t i)
 	tp__send_hb(&c->b, i);
 }
 
-/* msg2 is complete (keyed): derive the keys, send msg3, check R's hello.
+/* RDMA: the outgoing queue pair for peer i, connected to the endpoint
+ * the peer's hello carried (theirs); *mine is what our msg3 tells it.
+ * Returns 0, or -errno with the connection closed. */
+static int out_qp(struct tp_tcp *c, uint32_t i, const uint8_t *theirs,
+                  uint8_t *mine)
+{
+	struct vx_ep me, them;
+	int rc;
+
+	vx_ep_get(theirs, &them);
+	rc = vx_out_begin(c->vx, i, c->out[i].gen, &me);
+	if (!rc)
+		rc = vx_out_connect(c->vx, i, &them);
+	if (rc) {
+		out_close(c, i, REFUSED_US);
+		return rc;
+	}
+	vx_ep_put(mine, &me);
+	return 0;
+}
+
+/* msg3 sent: with RDMA, wait for the acceptor's READY (its queue pair can
+ * take writes); else the connection is ready. */
+static void out_sent_msg3(struct tp_tcp *c, uint32_t i)
+{
+	if (c->vx)
+		c->out[i].st = O_RDMA_WAIT; /* within the handshake's deadline */
+	else
+		out_ready(c, i);
+}
+
+/* msg2 is complete: derive the keys (keyed), send msg3, check R's hello.
  * Returns callbacks made. */
 static int out_confirm(struct tp_tcp *c, const struct tp_handlers *h,
                        void *ctx, uint32_t i)
@@ -569,23 +634,48 @@ static int out_confirm(struct tp_tcp *c, const struct tp_handlers *h,
 	struct tp *t = &c->b;
 	struct out *o = &c->out[i];
 	crypto_secretstream_xchacha20poly1305_state rs;
-	uint8_t k_ir[32], k_ri[32], m3[MSG3];
+	uint8_t k_ir[32], k_ri[32], m3[MSG3_MAX], theirs[VX_EP_LEN] = { 0 },
+	        mine[VX_EP_LEN] = { 0 };
 	bool ok;
+	int rc;
 
+	if (t->plaintext) { /* RDMA only: msg2 ends with R's endpoint */
+		rc = out_qp(c, i, o->hs + HS_FIX, m3);
+		if (rc)
+			return tp__auth_fail(t, h, ctx, "node %u (%s): cannot "
+			                     "connect an RDMA queue pair: %s", i,
+			                     t->p[i].address, strerror(-rc));
+		if (!send_all(o->fd, m3, c->msg3_len)) {
+			out_close(c, i, REDIAL_US);
+			return 0;
+		}
+		out_sent_msg3(c, i);
+		return 0;
+	}
 	ok = session_keys(t, true, o->msg1, o->hs, o->esk, t->p[i].key, k_ir,
 	                  k_ri) == 0;
 	sodium_memzero(o->esk, sizeof o->esk);
-	crypto_secretstream_xchacha20poly1305_init_push(&o->tx, m3, k_ir);
-	hello_seal(&o->tx, m3 + SS_HDR, t->self, i);
 	ok = ok && crypto_secretstream_xchacha20poly1305_init_pull(
 	                   &rs, o->hs + HS_FIX + HS_KEY, k_ri) == 0 &&
-	     hello_open(&rs, o->hs + HS_FIX + HS_KEY + SS_HDR, i, t->self);
-	sodium_memzero(k_ir, sizeof k_ir);
-	sodium_memzero(k_ri, sizeof k_ri);
+	     hello_open(c, &rs, o->hs + HS_FIX + HS_KEY + SS_HDR, i, t->self,
+	                theirs);
 	sodium_memzero(&rs, sizeof rs);
+	sodium_memzero(k_ri, sizeof k_ri);
+	rc = 0;
+	if (ok && c->vx)
+		rc = out_qp(c, i, theirs, mine);
+	crypto_secretstream_xchacha20poly1305_init_push(&o->tx, m3, k_ir);
+	hello_seal(c, &o->tx, m3 + SS_HDR, t->self, i, mine);
+	sodium_memzero(k_ir, sizeof k_ir);
+	if (rc) {
+		sodium_memzero(&o->tx, sizeof o->tx);
+		return tp__auth_fail(t, h, ctx, "node %u (%s): cannot connect "
+		                     "an RDMA queue pair: %s", i,
+		                     t->p[i].address, strerror(-rc));
+	}
 	if (!ok) {
 		/* msg3 still goes first, so R can say why too. */
-		send_all(o->fd, m3, MSG3);
+		send_all(o->fd, m3, c->msg3_len);
 		out_close(c, i, REFUSED_US);
 		return tp__auth_fail(t, h, ctx,
 		                     "node %u (%s) failed authentication: its "
@@ -594,11 +684,11 @@ static int out_confirm(struct tp_tcp *c, const struct tp_handlers *h,
 		                     "holds a wrong key for this node)",
 		                     i, t->p[i].address);
 	}
-	if (!send_all(o->fd, m3, MSG3)) {
+	if (!send_all(o->fd, m3, c->msg3_len)) {
 		out_close(c, i, REDIAL_US);
 		return 0;
 	}
-	out_ready(c, i);
+	out_sent_msg3(c, i);
 	return 0;
 }
 
@@ -611,8 +701,7 @@ static int out_handshake(struct tp_tcp *c, const struct tp_handlers *h,
 	const char *addr = t->p[i].address;
 
 	for (;;) {
-		size_t need = o->have < HS_FIX || t->plaintext ? HS_FIX
-		                                               : MSG2_KEYED;
+		size_t need = o->have < HS_FIX ? HS_FIX : c->msg2_len;
 		ssize_t n = recv(o->fd, o->hs + o->have, need - o->have, 0);
 		if (n < 0 && (errno == EAGAIN || errno == EINTR))
 			return 0;
@@ -654,7 +743,7 @@ static int out_handshake(struct tp_tcp *c, const struct tp_handlers *h,
 				                     "node: %s", i, addr,
 				                     refusal(status));
 			}
-			if (t->plaintext) {
+			if (c->msg2_len == HS_FIX) { /* plaintext TCP */
 				out_ready(c, i);
 				return 0;
 			}
@@ -684,6 +773,20 @@ static int out_event(struct tp_tcp *c, const struct tp_handlers *h, void *ctx,
 		return 0;
 	case O_HANDSHAKE:
 		return out_handshake(c, h, ctx, i);
+	case O_RDMA_WAIT: {
+		uint8_t r = 0;
+		ssize_t n = recv(o->fd, &r, 1, 0);
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			return 0;
+		if (n == 1 && r == READY) {
+			out_ready(c, i);
+			return 0;
+		}
+		out_close(c, i, REDIAL_US);
+		return tp__auth_fail(&c->b, h, ctx, "node %u (%s) closed the "
+		                     "connection before its RDMA queue pair "
+		                     "was ready", i, c->b.p[i].address);
+	}
 	case O_READY:
 		if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
 			/* The peer never speaks after msg2: this is its close,
@@ -711,6 +814,8 @@ static void in_close(struct tp_tcp *c, uint32_t k)
 	struct in *in = &c->in[k];
 
 	drop_fd(c, &in->fd);
+	if (c->vx)
+		vx_in_end(c->vx, k);
 	in->st = I_FREE;
 	in->gen++;
 	in->buf = NULL;
@@ -753,7 +858,7 @@ static int in_answer(struct tp_tcp *c, const struct tp_handlers *h,
 {
 	struct tp *t = &c->b;
 	struct in *in = &c->in[k];
-	uint8_t m2[MSG2_KEYED], esk[32], k_ri[32];
+	uint8_t m2[MSG2_MAX], esk[32], k_ri[32], mine[VX_EP_LEN] = { 0 };
 	crypto_secretstream_xchacha20poly1305_state ws;
 	uint32_t to = tp__get32(in->hs + 16);
 	int events, rc;
@@ -762,9 +867,13 @@ static int in_answer(struct tp_tcp *c, const struct tp_handlers *h,
 	if (in->hs[9] != c->mode) {
 		events = tp__auth_fail(t, h, ctx,
 		                       "refused a connection from %s claiming "
-		                       "node %u: security mode mismatch "
-		                       "(plaintext on one side, keys on the "
-		                       "other)", in->from, in->peer);
+		                       "node %u: mode mismatch (it: %s%s, this "
+		                       "node: %s%s)", in->from, in->peer,
+		                       in->hs[9] >= MODE_RDMA_KEYED ? "rdma"
+		                                                   : "tcp",
+		                       in->hs[9] % 2 ? ", keyed" : ", plaintext",
+		                       c->vx ? "rdma" : "tcp",
+		                       c->mode % 2 ? ", keyed" : ", plaintext");
 		in_refuse(c, k, ST_MODE);
 		return events;
 	}
@@ -788,11 +897,32 @@ static int in_answer(struct tp_tcp *c, const struct tp_handlers *h,
 		return events;
 	}
 	hs_header(m2, c->mode, ST_OK, t->self, in->peer);
-	if (t->plaintext) {
-		if (!send_all(in->fd, m2, HS_FIX))
+	if (c->vx) {
+		/* The queue pair stays in INIT, where nothing reaches the
+		 * ring, until msg3 proves the dialler (vx_in_connect). */
+		struct vx_ep me;
+		rc = vx_in_begin(c->vx, k, in->gen, in->peer, &me);
+		if (rc) {
+			events = tp__auth_fail(t, h, ctx, "dropped a connection "
+			                       "from %s (node %u): cannot create "
+			                       "an RDMA queue pair: %s", in->from,
+			                       in->peer, strerror(-rc));
 			in_close(c, k);
-		else
+			return events;
+		}
+		vx_ep_put(mine, &me);
+	}
+	if (t->plaintext) {
+		memcpy(m2 + HS_FIX, mine, c->ep_len);
+		if (!send_all(in->fd, m2, c->msg2_len)) {
+			in_close(c, k);
+		} else if (c->msg3_len) { /* RDMA: the dialler's endpoint */
+			in->st = I_CONFIRM;
+			in->have = 0;
+			in->need = c->msg3_len;
+		} else {
 			in_ready(c, k);
+		}
 		return 0;
 	}
 	randombytes_buf(esk, sizeof esk);
@@ -801,7 +931,8 @@ static int in_answer(struct tp_tcp *c, const struct tp_handlers *h,
 	                  in->key, k_ri);
 	crypto_secretstream_xchacha20poly1305_init_push(
 	        &ws, m2 + HS_FIX + HS_KEY, k_ri);
-	hello_seal(&ws, m2 + HS_FIX + HS_KEY + SS_HDR, t->self, in->peer);
+	hello_seal(c, &ws, m2 + HS_FIX + HS_KEY + SS_HDR, t->self, in->peer,
+	           mine);
 	sodium_memzero(esk, sizeof esk);
 	sodium_memzero(k_ri, sizeof k_ri);
 	sodium_memzero(&ws, sizeof ws);
@@ -813,39 +944,65 @@ static int in_answer(struct tp_tcp *c, const struct tp_handlers *h,
 		in_close(c, k);
 		return events;
 	}
-	if (!send_all(in->fd, m2, MSG2_KEYED)) {
+	if (!send_all(in->fd, m2, c->msg2_len)) {
 		in_close(c, k);
 		return 0;
 	}
 	in->st = I_CONFIRM;
 	in->have = 0;
-	in->need = MSG3;
+	in->need = c->msg3_len;
 	return 0;
 }
 
-/* msg3 is complete: the dialler's hello must authenticate. */
+/* msg3 is complete: the dialler's hello must authenticate (keyed); with
+ * RDMA, its endpoint connects our queue pair, and READY tells it so. */
 static int in_confirm(struct tp_tcp *c, const struct tp_handlers *h,
                       void *ctx, uint32_t k)
 {
 	struct in *in = &c->in[k];
+	uint8_t theirs[VX_EP_LEN] = { 0 };
 	bool ok;
-	int events;
+	int events, rc;
 
-	ok = crypto_secretstream_xchacha20poly1305_init_pull(&in->rx, in->hs,
-	                                                     in->key) == 0 &&
-	     hello_open(&in->rx, in->hs + SS_HDR, in->peer, c->b.self);
-	sodium_memzero(in->key, sizeof in->key);
-	if (ok) {
-		in_ready(c, k);
-		return 0;
+	if (c->b.plaintext) {
+		memcpy(theirs, in->hs, c->ep_len);
+		ok = true;
+	} else {
+		ok = crypto_secretstream_xchacha20poly1305_init_pull(
+		             &in->rx, in->hs, in->key) == 0 &&
+		     hello_open(c, &in->rx, in->hs + SS_HDR, in->peer,
+		                c->b.self, theirs);
+		sodium_memzero(in->key, sizeof in->key);
 	}
-	events = tp__auth_fail(&c->b, h, ctx,
-	                       "refused a connection from %s claiming node "
-	                       "%u: its first record does not authenticate "
-	                       "(it does not hold that node's key, or holds a "
-	                       "wrong key for this node)", in->from, in->peer);
-	in_close(c, k);
-	return events;
+	if (!ok) {
+		events = tp__auth_fail(&c->b, h, ctx,
+		                       "refused a connection from %s claiming "
+		                       "node %u: its first record does not "
+		                       "authenticate (it does not hold that "
+		                       "node's key, or holds a wrong key for "
+		                       "this node)", in->from, in->peer);
+		in_close(c, k);
+		return events;
+	}
+	in_ready(c, k); /* C1: an older connection of the node goes first */
+	if (c->vx) {
+		struct vx_ep them;
+		const uint8_t ready = READY;
+		vx_ep_get(theirs, &them);
+		rc = vx_in_connect(c->vx, k, &them);
+		if (rc) {
+			events = tp__auth_fail(&c->b, h, ctx, "dropped a "
+			                       "connection from %s (node %u): "
+			                       "cannot connect its RDMA queue "
+			                       "pair: %s", in->from, in->peer,
+			                       strerror(-rc));
+			in_close(c, k);
+			return events;
+		}
+		if (!send_all(in->fd, &ready, 1))
+			in_close(c, k);
+	}
+	return 0;
 }
 
 /* Reads the handshake of accepted connection k, exactly message by
@@ -886,7 +1043,7 @@ static int in_handshake(struct tp_tcp *c, const struct tp_handlers *h,
 		if (in->need == HS_FIX) {
 			const uint8_t *b = in->hs;
 			if (memcmp(b, MAGIC, sizeof MAGIC) != 0 ||
-			    (b[9] != MODE_KEYED && b[9] != MODE_PLAIN)) {
+			    b[9] < MODE_KEYED || b[9] > MODE_RDMA_PLAIN) {
 				events = tp__auth_fail(&c->b, h, ctx,
 				                       "refused a connection from "
 				                       "%s: not a capdsm tcp "
@@ -907,7 +1064,7 @@ static int in_handshake(struct tp_tcp *c, const struct tp_handlers *h,
 			/* Read all of msg1 even to refuse it: closing with
 			 * unread bytes would reset the connection, and the
 			 * refusal with it. */
-			if (b[9] == MODE_KEYED) {
+			if (b[9] == MODE_KEYED || b[9] == MODE_RDMA_KEYED) {
 				in->need = MSG1_KEYED;
 				continue;
 			}
@@ -915,6 +1072,34 @@ static int in_handshake(struct tp_tcp *c, const struct tp_handlers *h,
 		return in_answer(c, h, ctx, k);
 	}
 	return 0;
+}
+
+/* Handles the body of one message of a proven connection (its checks,
+ * tp__receive). Returns false if the connection was closed (C2). */
+static bool in_body(struct tp_tcp *c, const struct tp_handlers *h, void *ctx,
+                    uint32_t k, const uint8_t *body, size_t blen,
+                    uint64_t now, int *events)
+{
+	struct tp *t = &c->b;
+	size_t hdrlen, plen;
+	enum tp__rx r;
+
+	hdrlen = blen < BODY_FIX ? 0 : tp__get32(body + W_LEN);
+	if (blen < BODY_FIX || hdrlen > blen - BODY_FIX) {
+		t->st.drop_malformed++;
+		in_close(c, k);
+		return false;
+	}
+	plen = blen - BODY_FIX - hdrlen;
+	r = tp__receive(t, h, ctx, body, body + BODY_FIX, hdrlen,
+	                plen ? body + BODY_FIX + hdrlen : NULL, plen, plen > 0,
+	                c->in[k].peer, now, events);
+	if (r == TP__RX_MALFORMED || r == TP__RX_SPOOFED ||
+	    r == TP__RX_OVERSIZE) {
+		in_close(c, k);
+		return false;
+	}
+	return true;
 }
 
 /* Handles one record of a proven connection (body checks, decryption,
@@ -926,8 +1111,7 @@ static bool in_record(struct tp_tcp *c, const struct tp_handlers *h,
 	struct tp *t = &c->b;
 	struct in *in = &c->in[k];
 	const uint8_t *body = rec;
-	size_t blen = n, hdrlen, plen;
-	enum tp__rx r;
+	size_t blen = n;
 
 	if (!t->plaintext) {
 		unsigned long long mlen = 0;
@@ -942,22 +1126,7 @@ static bool in_record(struct tp_tcp *c, const struct tp_handlers *h,
 		body = c->plain;
 		blen = (size_t)mlen;
 	}
-	hdrlen = tp__get32(body + W_LEN);
-	if (blen < BODY_FIX || hdrlen > blen - BODY_FIX) {
-		t->st.drop_malformed++;
-		in_close(c, k);
-		return false;
-	}
-	plen = blen - BODY_FIX - hdrlen;
-	r = tp__receive(t, h, ctx, body, body + BODY_FIX, hdrlen,
-	                plen ? body + BODY_FIX + hdrlen : NULL, plen, plen > 0,
-	                in->peer, now, events);
-	if (r == TP__RX_MALFORMED || r == TP__RX_SPOOFED ||
-	    r == TP__RX_OVERSIZE) {
-		in_close(c, k);
-		return false;
-	}
-	return true;
+	return in_body(c, h, ctx, k, body, blen, now, events);
 }
 
 /* Handles the complete records in connection k's buffer, up to *budget;
@@ -1012,6 +1181,17 @@ static int in_event(struct tp_tcp *c, const struct tp_handlers *h, void *ctx,
 		events += in_handshake(c, h, ctx, k);
 		if (in->st != I_READY)
 			return events;
+	}
+	if (c->vx) {
+		/* RDMA: messages come through the queue pair; the socket
+		 * only tells when the dialler is gone. */
+		uint8_t x[64];
+		ssize_t n = recv(in->fd, x, sizeof x, 0);
+		if (n > 0)
+			c->b.st.drop_malformed++;
+		if (n >= 0 || (errno != EAGAIN && errno != EINTR))
+			in_close(c, k);
+		return events;
 	}
 	for (;;) {
 		if (*budget == 0) {
@@ -1105,6 +1285,35 @@ static int in_accept(struct tp_tcp *c, const struct tp_handlers *h, void *ctx,
 
 /* ---- the operations ---- */
 
+/* RDMA: one message, one write into the peer's ring. A failed post
+ * breaks the connection: what it held is lost, as F1 will tell. */
+static int rdma_send(struct tp_tcp *c, uint32_t peer, const void *hdr,
+                     size_t hdrlen, const void *payload, size_t plen)
+{
+	struct tp *t = &c->b;
+	struct tp__peer *p = &t->p[peer];
+	uint8_t wire[W_LEN];
+	int rc;
+
+	if (!room(c, &c->out[peer], 0)) {
+		tp__send_full(t, peer);
+		return -EAGAIN;
+	}
+	tp__wire_put(wire, &(struct tp__wire){ .version = W_VERSION,
+	                                       .type = W_DATA,
+	                                       .src = t->self,
+	                                       .src_inc = t->inc,
+	                                       .dst_inc = p->inc,
+	                                       .seq = p->send_seq });
+	rc = vx_out_send(c->vx, peer, wire, hdr, hdrlen, payload, plen);
+	if (rc == -EIO)
+		out_close(c, peer, REDIAL_US);
+	else if (rc)
+		return rc;
+	tp__sent(t, peer, hdrlen + plen);
+	return 0;
+}
+
 static int tcp_send(struct tp *t, uint32_t peer, const void *hdr,
                     size_t hdrlen, const void *payload, size_t plen)
 {
@@ -1113,6 +1322,8 @@ static int tcp_send(struct tp *t, uint32_t peer, const void *hdr,
 	struct tp__peer *p = &t->p[peer];
 	uint8_t wire[W_LEN];
 
+	if (c->vx)
+		return rdma_send(c, peer, hdr, hdrlen, payload, plen);
 	size_t need = rec_len(c, BODY_FIX + hdrlen + plen);
 	if (!room(c, o, need) && o->corked && o->st == O_READY)
 		out_flush(c, peer); /* C6: a full cork goes out first */
@@ -1140,6 +1351,11 @@ static int tcp_send_hb(struct tp *t, uint32_t peer, const uint8_t *hb)
 		return -ENOTCONN;
 	if (!room(c, o, rec_len(c, BODY_FIX)))
 		return -EAGAIN;
+	if (c->vx) {
+		if (vx_out_send(c->vx, peer, hb, NULL, 0, NULL, 0))
+			out_close(c, peer, REDIAL_US);
+		return 0;
+	}
 	out_push(c, peer, seal(c, o, hb, NULL, 0, NULL, 0));
 	return 0;
 }
@@ -1164,9 +1380,10 @@ static int tcp_timer(struct tp *t, const struct tp_handlers *h, void *ctx,
 			continue;
 		if (o->st == O_IDLE && now >= o->at) {
 			dial(c, i);
-		} else if ((o->st == O_CONNECTING || o->st == O_HANDSHAKE) &&
+		} else if ((o->st == O_CONNECTING || o->st == O_HANDSHAKE ||
+		            o->st == O_RDMA_WAIT) &&
 		           now >= o->at) {
-			if (o->st == O_HANDSHAKE)
+			if (o->st != O_CONNECTING)
 				events += tp__auth_fail(
 				        t, h, ctx,
 				        "node %u (%s) did not complete the "
@@ -1229,7 +1446,65 @@ static int tcp_poll(struct tp *t, const struct tp_handlers *h, void *ctx)
 	c->in_poll++;
 	int rc = tcp_poll_corked(t, h, ctx);
 	uncork(c);
+	if (c->vx)
+		vx_credit_flush(c->vx); /* what this poll consumed */
 	return rc;
+}
+
+/* ---- RDMA completions (tp_rdma.h's sink) ---- */
+
+struct rdma_rx {
+	struct tp_tcp *c;
+	const struct tp_handlers *h;
+	void *ctx;
+	uint64_t now;
+	int events;
+};
+
+static bool rdma_on_body(void *ctx, uint32_t k, const uint8_t *body,
+                         size_t len)
+{
+	struct rdma_rx *x = ctx;
+	if (x->c->in[k].st != I_READY)
+		return false;
+	return in_body(x->c, x->h, x->ctx, k, body, len, x->now, &x->events);
+}
+
+static void rdma_on_fail(void *ctx, bool out, uint32_t i, const char *why)
+{
+	struct rdma_rx *x = ctx;
+	(void)why;
+	if (strstr(why, "malformed"))
+		x->c->b.st.drop_malformed++;
+	if (out)
+		out_close(x->c, i, REDIAL_US);
+	else
+		in_close(x->c, i);
+}
+
+static void rdma_on_credit(void *ctx, uint32_t i)
+{
+	(void)ctx;
+	(void)i; /* tp__poll_end calls on_writable for peers that wait */
+}
+
+/* Reaps the queue pairs' completions; sets rx_more if the budget left
+ * messages behind. Returns callbacks made, or -errno. */
+static int rdma_poll(struct tp_tcp *c, const struct tp_handlers *h,
+                     void *ctx, uint32_t *budget, uint64_t now)
+{
+	struct rdma_rx x = { .c = c, .h = h, .ctx = ctx, .now = now };
+	const struct vx_sink sink = { .ctx = &x,
+		                      .on_body = rdma_on_body,
+		                      .on_fail = rdma_on_fail,
+		                      .on_credit = rdma_on_credit };
+	bool more = false;
+	int rc = vx_poll(c->vx, &sink, budget, &more);
+	if (rc)
+		return rc;
+	if (more)
+		c->b.rx_more = true;
+	return x.events;
 }
 
 static int tcp_poll_corked(struct tp *t, const struct tp_handlers *h,
@@ -1269,6 +1544,8 @@ static int tcp_poll_corked(struct tp *t, const struct tp_handlers *h,
 			if (c->in[idx].gen == ev.gen && c->in[idx].st != I_FREE)
 				events += in_event(c, h, ctx, idx, &budget, now);
 			break;
+		case K_CQ: /* rdma_poll below drains the channel */
+			break;
 		case TP__K_TIMER:
 		case TP__K_KICK:
 			rc = tp__clear(t, ev.kind);
@@ -1279,6 +1556,12 @@ static int tcp_poll_corked(struct tp *t, const struct tp_handlers *h,
 	}
 
 	t->rx_more = false;
+	if (c->vx) {
+		rc = rdma_poll(c, h, ctx, &budget, now);
+		if (rc < 0)
+			return rc;
+		events += rc;
+	}
 	for (uint32_t j = 0; j < c->nin; j++)
 		if (c->in[j].st == I_READY && c->in[j].pending)
 			t->rx_more = true;
@@ -1322,6 +1605,7 @@ static void tcp_close(struct tp *t)
 		sodium_memzero(c->txp, body);
 	if (c->lfd >= 0)
 		close(c->lfd);
+	vx_close(c->vx);
 	free(c->plain);
 	free(c->txp);
 	free(c->txb);
@@ -1382,6 +1666,18 @@ int tp__tcp_open(struct tp **out, const struct tp_config *cfg, char *err,
 	if (rc)
 		goto err;
 	c->mode = t->plaintext ? MODE_PLAIN : MODE_KEYED;
+	if (cfg->kind == TP_KIND_RDMA) {
+		c->mode = t->plaintext ? MODE_RDMA_PLAIN : MODE_RDMA_KEYED;
+		c->ep_len = VX_EP_LEN;
+	}
+	c->hello_len = HELLO_LEN + c->ep_len;
+	if (t->plaintext) {
+		c->msg2_len = HS_FIX + c->ep_len;
+		c->msg3_len = c->ep_len;
+	} else {
+		c->msg2_len = HS_FIX + HS_KEY + SS_HDR + 4 + SS_AB + c->hello_len;
+		c->msg3_len = SS_HDR + 4 + SS_AB + c->hello_len;
+	}
 	c->hs_us = t->dead_us > 1000000u ? t->dead_us : 1000000u;
 	body = BODY_FIX + TP_MAX_HDR + (size_t)t->max_payload;
 	c->maxct = (t->plaintext ? 0 : SS_AB) + body;
@@ -1421,6 +1717,35 @@ int tp__tcp_open(struct tp **out, const struct tp_config *cfg, char *err,
 		tp__parse_address(t->p[i].address, &v6, &o->sa, &o->salen);
 	}
 
+	if (cfg->kind == TP_KIND_RDMA) {
+		/* Frames per peer: as many largest messages as send_buffer
+		 * holds, within 16..1024 and queue_limit. */
+		uint64_t sb = cfg->send_buffer ? cfg->send_buffer : 1u << 20;
+		uint64_t slots = sb / body;
+		if (slots < 16)
+			slots = 16;
+		if (slots > 1024)
+			slots = 1024;
+		if (slots > t->qlimit)
+			slots = t->qlimit;
+		const struct vx_config vc = {
+			.device = cfg->rdma_device,
+			.gid_index = cfg->rdma_gid_set ? (int)cfg->rdma_gid_index
+			                               : -1,
+			.npeers = n,
+			.nin = c->nin,
+			.slots = (uint32_t)slots,
+			.max_body = body,
+		};
+		rc = vx_open(&c->vx, &vc, err, errlen);
+		if (rc)
+			goto err;
+		rc = tp__ep_add(t, vx_fd(c->vx), EPOLLIN, tp__tag(K_CQ, 0, 0));
+		if (rc) {
+			rc = tp__fail(err, errlen, rc, "epoll: %s", strerror(-rc));
+			goto err;
+		}
+	}
 	rc = tcp_listen(c, err, errlen);
 	if (rc)
 		goto err;

@@ -10,6 +10,9 @@ add_library(capdsm_transport STATIC
   ${CMAKE_CURRENT_LIST_DIR}/tp.c
   ${CMAKE_CURRENT_LIST_DIR}/tp_common.c
   ${CMAKE_CURRENT_LIST_DIR}/tp_zmq.c
-  ${CMAKE_CURRENT_LIST_DIR}/tp_tcp.c)
+  ${CMAKE_CURRENT_LIST_DIR}/tp_tcp.c
+  ${CMAKE_CURRENT_LIST_DIR}/tp_rdma.c)
 target_include_directories(capdsm_transport PUBLIC ${CMAKE_CURRENT_LIST_DIR})
-target_link_libraries(capdsm_transport PUBLIC PkgConfig::ZMQ PkgConfig::SODIUM)
+pkg_check_modules(IBVERBS REQUIRED IMPORTED_TARGET libibverbs)
+target_link_libraries(capdsm_transport PUBLIC PkgConfig::ZMQ PkgConfig::SODIUM
+                      PkgConfig::IBVERBS)

@@ -14,9 +14,19 @@
  *    Same contract; a round trip costs raw TCP plus the cipher (measured
  *    on the 2-core machines, 64 B / 4 KiB busy-polled: about 2x raw TCP
  *    keyed, 1.3x plaintext, where ZeroMQ costs about 10x).
- * Both share the wire header, the incarnations and the failure detector
- * (tp_common.c). Nodes of one cluster must all use the same kind. An RDMA
- * transport can implement the same contract later.
+ *  - TP_KIND_RDMA (tp_tcp.c + tp_rdma.c): the TCP kind's connections and
+ *    keyed handshake as the control channel, whose hello records also
+ *    carry each side's queue pair endpoint; every data message and
+ *    heartbeat then goes over a reliable-connected queue pair as one RDMA
+ *    WRITE WITH IMMEDIATE into a ring of frames the receiver registered
+ *    once at tp_open, with credit-based flow control; a closed control
+ *    connection destroys its queue pair. What RDMA carries is not
+ *    encrypted (the fabric is trusted, as with every RDMA system):
+ *    T2's origin holds because a queue pair accepts packets only from
+ *    the one remote queue pair its handshake proved; "learns nothing"
+ *    holds for a node that is not on the fabric.
+ * All share the wire header, the incarnations and the failure detector
+ * (tp_common.c). Nodes of one cluster must all use the same kind.
  *
  * Contract (the numbers are cited by tp_common.c, tp_zmq.c, tp_tcp.c and
  * tests/transport):
@@ -77,6 +87,7 @@ extern "C" {
 enum tp_kind {
 	TP_KIND_ZMQ = 0, /* tp_zmq.c: ZeroMQ + CURVE */
 	TP_KIND_TCP = 1, /* tp_tcp.c: TCP + libsodium, no thread */
+	TP_KIND_RDMA = 2, /* tp_tcp.c's handshake + tp_rdma.c's queue pairs */
 };
 
 /* One member of the static membership. */
@@ -122,6 +133,14 @@ struct tp_config {
 	 * 57 bytes of framing), so every legal message fits. Allocated at
 	 * tp_open: the transport never grows under load. */
 	uint32_t send_buffer;
+	/* TP_KIND_RDMA only: the verbs device ("" or NULL-terminated empty:
+	 * the first one found) and the GID index on its port 1 (unless
+	 * rdma_gid_set: the first RoCE v2 IPv4-mapped GID). send_buffer
+	 * sizes the registered frame rings: per peer, as many largest
+	 * messages as it holds, within 16..1024 and queue_limit. */
+	char rdma_device[64];
+	bool rdma_gid_set;
+	uint32_t rdma_gid_index;
 };
 
 /* Why a peer went DOWN (on_peer with up == false). */

@@ -36,7 +36,7 @@ static const struct verb verbs[] = {
 	  TOOL_O_DIR | TOOL_O_NODES, tool_cluster_up,
 	  "cluster up --nodes N --dir DIR [--frames F] [--objects O]\n"
 	  "                    [--clients C] [--config-extra FILE]\n"
-	  "                    [--transport zmq|tcp] [--plaintext] [--netns]\n"
+	  "                    [--transport zmq|tcp|rdma] [--plaintext] [--netns]\n"
 	  "                    [--base-port P]\n"
 	  "          N > 1: a CURVE key per node, every node a peer of each\n"
 	  "          (127.0.0.1 on free ports, or P..P+N-1); --netns: each\n"

@@ -430,7 +430,7 @@ struct up_plan {
 	uint32_t nodes;
 	struct pools pools;
 	bool plaintext, netns;
-	const char *transport;                /* "zmq" or "tcp" */
+	const char *transport;                /* "zmq", "tcp" or "rdma" */
 	struct tool_netns ns;                 /* with netns */
 	char host[TOOL_MAX_NODES][16];        /* node K's IPv4 address */
 	uint16_t port[TOOL_MAX_NODES];        /* and its TCP port */
@@ -791,14 +791,37 @@ static struct pools up_pools(const struct tool_args *a)
 	};
 }
 
+/* Whether the kernel lists an RDMA device (the verbs devices of
+ * ibv_get_device_list are the entries of this class). */
+static bool rdma_device_present(void)
+{
+	DIR *d = opendir("/sys/class/infiniband");
+	struct dirent *e;
+	bool any = false;
+
+	if (!d)
+		return false;
+	while (!any && (e = readdir(d)))
+		any = e->d_name[0] != '.';
+	closedir(d);
+	return any;
+}
+
 /* The checks of the cluster options; fills the plan's settings. */
 static int up_check_cluster(const struct tool_args *a, struct up_plan *pl)
 {
 	int rc;
 
 	if (a->transport && strcmp(a->transport, "zmq") != 0 &&
-	    strcmp(a->transport, "tcp") != 0)
-		return tool_fail(a, "--transport %s: zmq or tcp", a->transport);
+	    strcmp(a->transport, "tcp") != 0 && strcmp(a->transport, "rdma") != 0)
+		return tool_fail(a, "--transport %s: zmq, tcp or rdma",
+		                 a->transport);
+	if (a->transport && strcmp(a->transport, "rdma") == 0 &&
+	    !rdma_device_present())
+		return tool_fail(a, "--transport rdma: this machine has no RDMA "
+		                 "device (/sys/class/infiniband is empty); load "
+		                 "rdma_rxe and add one (rdma link add rxe0 type "
+		                 "rxe netdev IFACE), or use --transport tcp");
 	if (a->nodes == 1 && (a->seen & (TOOL_O_PLAINTEXT | TOOL_O_BASE_PORT)))
 		return tool_fail(a, "--plaintext and --base-port need --nodes "
 		                 "2 or more (a lone node has no peers)");

@@ -191,8 +191,12 @@ up "$L" --nodes 1
 # ---- refusals ----
 refused "need --nodes 2 or more" \
 	"$CAPDSM" cluster up --dir "$T/r" --nodes 1 --plaintext
-refused "zmq or tcp" \
-	"$CAPDSM" cluster up --dir "$T/r" --nodes 2 --transport rdma
+refused "zmq, tcp or rdma" \
+	"$CAPDSM" cluster up --dir "$T/r" --nodes 2 --transport ib
+if [ -z "$(ls /sys/class/infiniband 2>/dev/null)" ]; then
+	refused "no RDMA device" \
+		"$CAPDSM" cluster up --dir "$T/r" --nodes 2 --transport rdma
+fi
 refused "must lie within 1 to 65535" \
 	"$CAPDSM" cluster up --dir "$T/r" --nodes 3 --base-port 65534
 [ ! -e "$T/r" ] || fail "a refused up created its directory"
