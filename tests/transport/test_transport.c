@@ -114,11 +114,19 @@ static void config_refusals(void **st)
 	cfg = c.cfg[0];
 	cfg.kind = (enum tp_kind)7;
 	expect_open_fails(&cfg, -EINVAL, "unknown transport kind");
+	/* RDMA on a device that is not there: a clear refusal (with no
+	 * device at all, or none of that name). */
+	cfg = c.cfg[0];
+	cfg.kind = TP_KIND_RDMA;
+	snprintf(cfg.rdma_device, sizeof cfg.rdma_device, "nosuch0");
+	expect_open_fails(&cfg, -ENODEV, "no RDMA device");
 
 	/* The kind's names. */
 	enum tp_kind k = TP_KIND_TCP;
 	assert_int_equal(tp_kind_parse("zmq", &k), 0);
 	assert_int_equal(k, TP_KIND_ZMQ);
+	assert_int_equal(tp_kind_parse("rdma", &k), 0);
+	assert_int_equal(k, TP_KIND_RDMA);
 	assert_int_equal(tp_kind_parse("tcp", &k), 0);
 	assert_int_equal(k, TP_KIND_TCP);
 	assert_int_equal(tp_kind_parse("TCP", &k), -EINVAL);
@@ -127,6 +135,7 @@ static void config_refusals(void **st)
 	assert_int_equal(k, TP_KIND_TCP);
 	assert_string_equal(tp_kind_str(TP_KIND_ZMQ), "zmq");
 	assert_string_equal(tp_kind_str(TP_KIND_TCP), "tcp");
+	assert_string_equal(tp_kind_str(TP_KIND_RDMA), "rdma");
 	assert_string_equal(tp_kind_str((enum tp_kind)7), "?");
 
 	/* Plaintext only by the explicit setting, then keys are not needed. */
@@ -550,6 +559,13 @@ static void auth_one_way_link_never_up(void **st)
 	uint8_t h[32];
 	(void)st;
 
+	if (tp_test_kind == TP_KIND_RDMA) {
+		/* The raw peer speaks ZeroMQ or tcp records; over RDMA
+		 * messages only come through a queue pair its handshake
+		 * connected, which the rdma groups' other tests exercise. */
+		print_message("not applicable to rdma\n");
+		skip();
+	}
 	cluster_init(&c, 2, false);
 	c.cfg[0].incarnation = INC0;
 	node_open(&c, 0);
@@ -715,7 +731,14 @@ static void full_queue_is_eagain(void **st)
 	assert_true(pump(&c, 10000, writable_and_drained, &sent));
 	assert_int_equal(c.rec[1].msgs, sent);
 	n = sent;
-	assert_int_equal(tp_send(c.rec[0].tp, 1, &n, 8, page, 64), 0);
+	/* Room is back, though the drain's own bookkeeping may still be on
+	 * its way (rdma: the credits of the last messages): at most a few
+	 * more rounds of -EAGAIN, never an error. */
+	for (uint64_t end = now_ms() + 2000;
+	     (rc = tp_send(c.rec[0].tp, 1, &n, 8, page, 64)) == -EAGAIN &&
+	     now_ms() < end;)
+		pump(&c, 5, NULL, NULL);
+	assert_int_equal(rc, 0);
 	struct want w = { 1, sent + 1 };
 	assert_true(pump(&c, 5000, got_msgs, &w));
 	assert_int_equal(c.rec[0].downs[1] + c.rec[1].downs[0], 0);
@@ -956,7 +979,8 @@ int main(int argc, char **argv)
 	};
 	signal(SIGPIPE, SIG_IGN);
 	if (argc < 2 || tp_kind_parse(argv[1], &tp_test_kind)) {
-		fprintf(stderr, "usage: %s zmq|tcp [cmocka filter]\n", argv[0]);
+		fprintf(stderr, "usage: %s zmq|tcp|rdma [cmocka filter]\n",
+		        argv[0]);
 		return 2;
 	}
 	if (argc > 2)
