@@ -124,11 +124,18 @@ static int continue_range(int fd, uint64_t addr, uint64_t len, bool protect,
 	};
 	int rc = ioctl(fd, UFFDIO_CONTINUE, &cn) == 0 ? 0 : -errno;
 
-	if (rc == -EINVAL && in_one && cn.mapped == -EINVAL) {
+	if (rc == -EINVAL && in_one) {
+		/* A kernel before 6.5 refuses the mode before it looks at
+		 * anything else (and writes no `mapped`): if the same call
+		 * without it works, that was the reason. */
 		continue_wp = false;
-		log_info("kernel without UFFDIO_CONTINUE_MODE_WP", "fallback="
-		         "\"continue, write-protect, wake\"");
-		return continue_range(fd, addr, len, protect, mapped);
+		rc = continue_range(fd, addr, len, protect, mapped);
+		if (rc == -EINVAL)
+			continue_wp = true; /* the range was wrong, not the mode */
+		else
+			log_info("kernel without UFFDIO_CONTINUE_MODE_WP",
+			         "fallback=\"continue, write-protect, wake\"");
+		return rc;
 	}
 	*mapped = rc == 0 ? len : cn.mapped > 0 ? (uint64_t)cn.mapped : 0;
 	if (*mapped && protect && !in_one) {
