@@ -10,9 +10,13 @@
  *      message: the sender writes message m into frame m % slots only
  *      when the receiver has returned credit for m - slots (credits are
  *      counts of consumed messages, and consumption is in order).
- *  V2. A send frame is reused only after the write that used it has
- *      completed locally (send completions arrive in order on an RC QP,
- *      so posted - done < slots is enough).
+ *  V2. The sender's own frames (tx_slots >= slots per peer) are its send
+ *      queue: a message is gathered into one at tp_send and posted as soon
+ *      as a credit allows, so tp_send says -EAGAIN only when tx_slots
+ *      messages wait (T4), not when the receiver is merely a little
+ *      behind. A send frame is reused only after the write that used it
+ *      has completed locally (send completions arrive in order on an RC
+ *      QP, so accepted - done < tx_slots is enough).
  *  V3. A completion is acted on only if its work request names the
  *      connection's current generation and queue pair: completions of a
  *      destroyed QP (flushes) are dropped.
@@ -46,7 +50,8 @@ struct vx_out {
 	struct ibv_qp *qp;
 	uint16_t gen;
 	bool up;
-	uint64_t sent;        /* messages posted */
+	uint64_t accepted;    /* messages gathered into send frames */
+	uint64_t posted;      /* of those, posted as writes */
 	uint64_t acked;       /* messages the receiver consumed */
 	uint64_t sq_done;     /* send completions */
 	uint32_t rslots, rslot_size;
@@ -72,9 +77,10 @@ struct vx {
 	struct ibv_comp_channel *ch;
 	struct ibv_cq *scq, *rcq;
 	struct ibv_mr *mr_rx, *mr_tx;
-	uint8_t *rx, *tx;     /* npeers * slots * slot_size each */
-	size_t ring_bytes;    /* of one of them */
-	uint32_t npeers, nin, slots, slot_size;
+	uint8_t *rx, *tx;     /* npeers * slots (tx_slots) * slot_size */
+	size_t ring_bytes, tx_bytes;
+	uint32_t *txlen;      /* npeers * tx_slots: each send frame's length */
+	uint32_t npeers, nin, slots, tx_slots, slot_size;
 	int gid_index;
 	union ibv_gid gid;
 	enum ibv_mtu mtu;
@@ -253,6 +259,7 @@ int vx_open(struct vx **out, const struct vx_config *cfg, char *err,
 	v->nin = cfg->nin;
 	v->slot_size = (uint32_t)((cfg->max_body + 63) & ~(size_t)63);
 	v->slots = cfg->slots < 2 ? 2 : cfg->slots;
+	v->tx_slots = cfg->tx_slots < v->slots ? v->slots : cfg->tx_slots;
 	rc = open_device(v, cfg->device, err, errlen);
 	if (rc)
 		goto fail;
@@ -276,24 +283,28 @@ int vx_open(struct vx **out, const struct vx_config *cfg, char *err,
 		goto fail;
 	/* Fit the rings to the device's queue and completion queue sizes. */
 	most = v->npeers > v->nin ? v->npeers : v->nin;
-	if ((int)v->slots > da.max_qp_wr)
-		v->slots = (uint32_t)da.max_qp_wr;
-	while (v->slots > 2 &&
-	       (uint64_t)most * (v->slots + VX_CREDIT_RECVS) >
+	if ((int)v->tx_slots > da.max_qp_wr)
+		v->tx_slots = (uint32_t)da.max_qp_wr;
+	while (v->tx_slots > 2 &&
+	       (uint64_t)most * (v->tx_slots + VX_CREDIT_RECVS) >
 	               (uint64_t)da.max_cqe)
-		v->slots /= 2;
-	scqe = v->npeers * v->slots + v->nin * VX_CREDIT_INFLIGHT;
+		v->tx_slots /= 2;
+	if (v->slots > v->tx_slots)
+		v->slots = v->tx_slots;
+	scqe = v->npeers * v->tx_slots + v->nin * VX_CREDIT_INFLIGHT;
 	rcqe = v->nin * v->slots + v->npeers * VX_CREDIT_RECVS;
 
 	v->out = calloc(v->npeers, sizeof *v->out);
 	v->in = calloc(v->nin, sizeof *v->in);
 	v->ring_bytes = (size_t)v->npeers * v->slots * v->slot_size;
+	v->tx_bytes = (size_t)v->npeers * v->tx_slots * v->slot_size;
 	v->rx = ring_alloc(v->ring_bytes);
-	v->tx = ring_alloc(v->ring_bytes);
-	if (!v->out || !v->in || !v->rx || !v->tx) {
+	v->tx = ring_alloc(v->tx_bytes);
+	v->txlen = calloc((size_t)v->npeers * v->tx_slots, sizeof *v->txlen);
+	if (!v->out || !v->in || !v->rx || !v->tx || !v->txlen) {
 		rc = tp__fail(err, errlen, -ENOMEM,
 		              "rdma: out of memory for %zu bytes of rings",
-		              2 * v->ring_bytes);
+		              v->ring_bytes + v->tx_bytes);
 		goto fail;
 	}
 	v->pd = ibv_alloc_pd(v->ctx);
@@ -311,13 +322,13 @@ int vx_open(struct vx **out, const struct vx_config *cfg, char *err,
 	/* The frames are registered once, here, for the process's life. */
 	v->mr_rx = ibv_reg_mr(v->pd, v->rx, v->ring_bytes,
 	                      IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
-	v->mr_tx = v->mr_rx ? ibv_reg_mr(v->pd, v->tx, v->ring_bytes,
+	v->mr_tx = v->mr_rx ? ibv_reg_mr(v->pd, v->tx, v->tx_bytes,
 	                                 IBV_ACCESS_LOCAL_WRITE)
 	                    : NULL;
 	if (!v->mr_tx) {
 		rc = tp__fail(err, errlen, errno ? -errno : -ENOMEM,
 		              "rdma: cannot register %zu bytes of frames: %s "
-		              "(RLIMIT_MEMLOCK?)", 2 * v->ring_bytes,
+		              "(RLIMIT_MEMLOCK?)", v->ring_bytes + v->tx_bytes,
 		              strerror(errno));
 		goto fail;
 	}
@@ -328,10 +339,10 @@ int vx_open(struct vx **out, const struct vx_config *cfg, char *err,
 		              "rdma: cannot arm the completion channel");
 		goto fail;
 	}
-	snprintf(v->desc, sizeof v->desc, "%s port %d gid %d mtu %d, %u "
-	         "frames of %u bytes per peer",
+	snprintf(v->desc, sizeof v->desc, "%s port %d gid %d mtu %d, frames "
+	         "of %u bytes per peer: %u to receive, %u to send",
 	         ibv_get_device_name(v->ctx->device), PORT, v->gid_index,
-	         128 << v->mtu, v->slots, v->slot_size);
+	         128 << v->mtu, v->slot_size, v->slots, v->tx_slots);
 	*out = v;
 	return 0;
 fail:
@@ -364,7 +375,8 @@ void vx_close(struct vx *v)
 	if (v->rx)
 		munmap(v->rx, v->ring_bytes);
 	if (v->tx)
-		munmap(v->tx, v->ring_bytes);
+		munmap(v->tx, v->tx_bytes);
+	free(v->txlen);
 	free(v->out);
 	free(v->in);
 	free(v);
@@ -477,7 +489,7 @@ int vx_out_begin(struct vx *v, uint32_t i, uint16_t gen, struct vx_ep *mine)
 	struct vx_out *o = &v->out[i];
 
 	vx_out_end(v, i);
-	o->qp = qp_create(v, v->slots, VX_CREDIT_RECVS);
+	o->qp = qp_create(v, v->tx_slots, VX_CREDIT_RECVS);
 	if (!o->qp)
 		return errno ? -errno : -EIO;
 	o->gen = gen;
@@ -487,7 +499,7 @@ int vx_out_begin(struct vx *v, uint32_t i, uint16_t gen, struct vx_ep *mine)
 			return -EIO;
 		}
 	ep_fill(v, o->qp, mine);
-	o->sent = o->acked = o->sq_done = 0;
+	o->accepted = o->posted = o->acked = o->sq_done = 0;
 	o->psn = mine->psn;
 	return 0;
 }
@@ -527,8 +539,38 @@ void vx_out_end(struct vx *v, uint32_t i)
 bool vx_out_room(const struct vx *v, uint32_t i)
 {
 	const struct vx_out *o = &v->out[i];
-	return o->up && o->sent - o->acked < o->rslots &&
-	       o->sent - o->sq_done < v->slots;
+	return o->up && o->accepted - o->sq_done < v->tx_slots;
+}
+
+/* Posts what waits in i's send frames, as far as credits go (V1).
+ * Returns 0, or -EIO if a post failed. */
+static int out_post(struct vx *v, uint32_t i)
+{
+	struct vx_out *o = &v->out[i];
+
+	while (o->posted < o->accepted && o->posted - o->acked < o->rslots) {
+		size_t f = (size_t)i * v->tx_slots + o->posted % v->tx_slots;
+		struct ibv_sge sge = { .addr = (uintptr_t)(v->tx +
+		                                           f * v->slot_size),
+			               .length = v->txlen[f],
+			               .lkey = v->mr_tx->lkey };
+		struct ibv_send_wr wr = {
+			.wr_id = wr_id(true, o->gen, i),
+			.sg_list = &sge,
+			.num_sge = 1,
+			.opcode = IBV_WR_RDMA_WRITE_WITH_IMM,
+			.send_flags = IBV_SEND_SIGNALED,
+			.imm_data = htonl(v->txlen[f]),
+			.wr.rdma = { .remote_addr = o->raddr +
+			                            (o->posted % o->rslots) *
+			                                    o->rslot_size,
+			             .rkey = o->rkey },
+		}, *bad = NULL;
+		if (ibv_post_send(o->qp, &wr, &bad))
+			return -EIO;
+		o->posted++;
+	}
+	return 0;
 }
 
 int vx_out_send(struct vx *v, uint32_t i, const uint8_t *wire,
@@ -536,38 +578,24 @@ int vx_out_send(struct vx *v, uint32_t i, const uint8_t *wire,
                 size_t plen)
 {
 	struct vx_out *o = &v->out[i];
-	size_t len = BODY_FIX + hdrlen + plen;
-	uint8_t *f;
+	size_t len = BODY_FIX + hdrlen + plen, f;
+	uint8_t *b;
 
 	if (!vx_out_room(v, i))
 		return -EAGAIN;
 	if (len > v->slot_size)
 		return -EMSGSIZE;
-	f = v->tx + ((size_t)i * v->slots + o->sent % v->slots) * v->slot_size;
-	memcpy(f, wire, W_LEN);
-	tp__put32(f + W_LEN, (uint32_t)hdrlen);
+	f = (size_t)i * v->tx_slots + o->accepted % v->tx_slots;
+	b = v->tx + f * v->slot_size;
+	memcpy(b, wire, W_LEN);
+	tp__put32(b + W_LEN, (uint32_t)hdrlen);
 	if (hdrlen)
-		memcpy(f + BODY_FIX, hdr, hdrlen);
+		memcpy(b + BODY_FIX, hdr, hdrlen);
 	if (plen)
-		memcpy(f + BODY_FIX + hdrlen, payload, plen);
-
-	struct ibv_sge sge = { .addr = (uintptr_t)f, .length = (uint32_t)len,
-		               .lkey = v->mr_tx->lkey };
-	struct ibv_send_wr wr = {
-		.wr_id = wr_id(true, o->gen, i),
-		.sg_list = &sge,
-		.num_sge = 1,
-		.opcode = IBV_WR_RDMA_WRITE_WITH_IMM,
-		.send_flags = IBV_SEND_SIGNALED,
-		.imm_data = htonl((uint32_t)len),
-		.wr.rdma = { .remote_addr = o->raddr + (o->sent % o->rslots) *
-		                                               o->rslot_size,
-		             .rkey = o->rkey },
-	}, *bad = NULL;
-	if (ibv_post_send(o->qp, &wr, &bad))
-		return -EIO;
-	o->sent++;
-	return 0;
+		memcpy(b + BODY_FIX + hdrlen, payload, plen);
+	v->txlen[f] = (uint32_t)len;
+	o->accepted++;
+	return out_post(v, i);
 }
 
 int vx_in_begin(struct vx *v, uint32_t k, uint16_t gen, uint32_t peer,
@@ -648,15 +676,15 @@ static int on_recv(struct vx *v, const struct vx_sink *s,
 			return 0;
 		}
 		uint32_t c = ntohl(wc->imm_data);
-		uint64_t back = (uint32_t)((uint32_t)o->sent - c);
-		if (!(wc->wc_flags & IBV_WC_WITH_IMM) || back > o->sent ||
-		    o->sent - back < o->acked) {
+		uint64_t back = (uint32_t)((uint32_t)o->posted - c);
+		if (!(wc->wc_flags & IBV_WC_WITH_IMM) || back > o->posted ||
+		    o->posted - back < o->acked) {
 			s->on_fail(s->ctx, true, idx, "a malformed credit");
 			return 0;
 		}
-		o->acked = o->sent - back;
-		if (post_recv(o->qp, wr_id(true, gen, idx))) {
-			s->on_fail(s->ctx, true, idx, "cannot repost a receive");
+		o->acked = o->posted - back;
+		if (post_recv(o->qp, wr_id(true, gen, idx)) || out_post(v, idx)) {
+			s->on_fail(s->ctx, true, idx, "cannot post");
 			return 0;
 		}
 		s->on_credit(s->ctx, idx);

@@ -24,7 +24,8 @@
  * empty.
  *
  * Every buffer is allocated and registered once, by vx_open: per peer, a
- * ring of `slots` receive frames and a ring of `slots` send frames; queue
+ * ring of `slots` receive frames and a ring of `tx_slots` send frames
+ * (the send queue: a message waits there while credits lack); queue
  * pairs are created per connection and destroyed with it. Names are vx_
  * (verbs exchange); internal to capdsm_transport.
  */
@@ -61,7 +62,9 @@ struct vx_config {
 	int gid_index;        /* < 0: the first IPv4-mapped GID, else any */
 	uint32_t npeers;      /* ids 0..npeers-1 */
 	uint32_t nin;         /* accepted-connection slots */
-	uint32_t slots;       /* frames per peer and direction */
+	uint32_t slots;       /* receive frames per peer (its credits) */
+	uint32_t tx_slots;    /* send frames per peer (>= slots): the send
+	                         queue of tp_send */
 	size_t max_body;      /* largest message body */
 };
 
@@ -84,13 +87,13 @@ const char *vx_describe(const struct vx *v);
 int vx_out_begin(struct vx *v, uint32_t i, uint16_t gen, struct vx_ep *mine);
 int vx_out_connect(struct vx *v, uint32_t i, const struct vx_ep *theirs);
 void vx_out_end(struct vx *v, uint32_t i);
-/* Whether one more message may be posted to i now (a credit, a send
- * frame and a send queue entry). */
+/* Whether one more message fits in i's send frames now. */
 bool vx_out_room(const struct vx *v, uint32_t i);
-/* Posts one message: the 32-byte transport header, the caller's header
- * length, header and payload, gathered into i's next send frame. Returns
- * 0, -EAGAIN without room, or -EIO if the post failed (the connection is
- * then broken: the caller closes it). */
+/* Queues one message: the 32-byte transport header, the caller's header
+ * length, header and payload, gathered into i's next send frame, posted
+ * at once if a credit allows, else when credits come back (vx_poll).
+ * Returns 0, -EAGAIN without a free send frame, or -EIO if a post failed
+ * (the connection is then broken: the caller closes it). */
 int vx_out_send(struct vx *v, uint32_t i, const uint8_t *wire,
                 const void *hdr, size_t hdrlen, const void *payload,
                 size_t plen);

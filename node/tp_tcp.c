@@ -1718,16 +1718,19 @@ int tp__tcp_open(struct tp **out, const struct tp_config *cfg, char *err,
 	}
 
 	if (cfg->kind == TP_KIND_RDMA) {
-		/* Frames per peer: as many largest messages as send_buffer
-		 * holds, within 16..1024 and queue_limit. */
+		/* Receive frames per peer: as many largest messages as
+		 * send_buffer holds, within 16..1024 and queue_limit; send
+		 * frames (the send queue, T4): four times that, at most
+		 * queue_limit. */
 		uint64_t sb = cfg->send_buffer ? cfg->send_buffer : 1u << 20;
-		uint64_t slots = sb / body;
+		uint64_t slots = sb / body, tx;
 		if (slots < 16)
 			slots = 16;
 		if (slots > 1024)
 			slots = 1024;
 		if (slots > t->qlimit)
 			slots = t->qlimit;
+		tx = 4 * slots > t->qlimit ? t->qlimit : 4 * slots;
 		const struct vx_config vc = {
 			.device = cfg->rdma_device,
 			.gid_index = cfg->rdma_gid_set ? (int)cfg->rdma_gid_index
@@ -1735,6 +1738,7 @@ int tp__tcp_open(struct tp **out, const struct tp_config *cfg, char *err,
 			.npeers = n,
 			.nin = c->nin,
 			.slots = (uint32_t)slots,
+			.tx_slots = (uint32_t)tx,
 			.max_body = body,
 		};
 		rc = vx_open(&c->vx, &vc, err, errlen);

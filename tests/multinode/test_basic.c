@@ -169,9 +169,11 @@ static void test_mapped_stores_seen_on_other_nodes(void **state)
 				for (unsigned r = 0; r < 3; r++) {
 					cmd2(cmd[r][1], 'c', sd);
 					int a = th_pipe_recv(ans[r][0], 10000);
-					if (a != 'y')
+					if (a != 'y') {
 						print_message("writer node %u, page %u: node %u "
 						              "answered %d\n", w, pg, r, a);
+						th_cluster_dump_logs(&mn_c);
+					}
 					assert_int_equal(a, 'y');
 				}
 				/* And explicit reads on the home see it too. */
