@@ -1400,9 +1400,11 @@ int node_cluster_init(struct node *n, char *err, size_t errlen)
 		return -errno;
 	}
 	log_info("cluster member", "nodes=%u address=%s transport=%s "
-	         "encrypted=%s prefetch_pages=%u remote_frames=%u", c->nodes,
-	         c->peers[c->node_id].address, c->transport,
-	         c->plaintext ? "no" : "yes", c->prefetch_pages, c->remote_frames);
+	         "encrypted=%s prefetch_pages=%u remote_frames=%u detail=\"%s\"",
+	         c->nodes, c->peers[c->node_id].address, c->transport,
+	         !c->plaintext && strcmp(c->transport, "rdma") != 0 ? "yes"
+	         : c->plaintext ? "no" : "handshake only",
+	         c->prefetch_pages, c->remote_frames, tp_describe(n->tp));
 	return 0;
 }
 

@@ -136,6 +136,11 @@ int tp_peer_info(struct tp *t, uint32_t peer, struct tp_peer_info *out)
 	return 0;
 }
 
+const char *tp_describe(struct tp *t)
+{
+	return t->desc[0] ? t->desc : t->ops->name;
+}
+
 uint64_t tp_incarnation(struct tp *t)
 {
 	return t->inc;

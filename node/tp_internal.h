@@ -130,6 +130,7 @@ struct tp {
 	struct tp__auth_slot auth[TP__AUTH_SLOTS];
 	struct tp__peer *p;   /* n entries, indexed by id */
 	uint8_t secret[32], public[32]; /* ours, if keyed */
+	char desc[160];       /* tp_describe: what the implementation chose */
 };
 
 /* What an inner-epoll event is: kind << 48 | generation << 32 | index.

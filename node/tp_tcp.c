@@ -1744,6 +1744,8 @@ int tp__tcp_open(struct tp **out, const struct tp_config *cfg, char *err,
 		rc = vx_open(&c->vx, &vc, err, errlen);
 		if (rc)
 			goto err;
+		snprintf(t->desc, sizeof t->desc, "rdma: %s",
+		         vx_describe(c->vx));
 		rc = tp__ep_add(t, vx_fd(c->vx), EPOLLIN, tp__tag(K_CQ, 0, 0));
 		if (rc) {
 			rc = tp__fail(err, errlen, rc, "epoll: %s", strerror(-rc));

@@ -349,6 +349,12 @@ int tp_peer_info(struct tp *t, uint32_t peer, struct tp_peer_info *out);
  * CLOCK_REALTIME microseconds tp_open took). Cannot fail. */
 uint64_t tp_incarnation(struct tp *t);
 
+/* One line for the log on what tp_open chose: the kind's name, and for
+ * rdma the device, port, GID index, MTU and frame rings ("rdma: rxe0 port
+ * 1 gid 1 mtu 1024, frames of 4416 bytes per peer: 237 to receive, 948 to
+ * send"). Owned by t. Cannot fail. */
+const char *tp_describe(struct tp *t);
+
 /* Copies the counters (monotonic since tp_open). Cannot fail. */
 void tp_stats(struct tp *t, struct tp_stats *out);
 
