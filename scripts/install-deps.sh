@@ -10,6 +10,7 @@ PKGS=(
   libzmq3-dev libibverbs-dev librdmacm-dev ibverbs-providers rdma-core
   iproute2 procps util-linux python3
   openmpi-bin libopenmpi-dev
+  qemu-system-x86 busybox-static cpio kmod ibverbs-utils xz-utils
 )
 
 missing=()
