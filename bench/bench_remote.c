@@ -1229,9 +1229,11 @@ static void report(const char *name, const char *unit, const char *limit_name,
 {
 	char full[96];
 
-	/* The zmq figures keep their names from before tcp existed. */
-	snprintf(full, sizeof full, "%s%s%s", name, suffix,
-	         kind == TP_KIND_ZMQ ? "" : "_tcp");
+	/* The zmq figures keep their names from before tcp existed; the
+	 * others end in _tcp or _rdma. */
+	snprintf(full, sizeof full, "%s%s%s%s", name, suffix,
+	         kind == TP_KIND_ZMQ ? "" : "_", kind == TP_KIND_ZMQ ? ""
+	                                         : tp_kind_str(kind));
 	struct bench_result res = {
 		.bench = full,
 		.unit = unit,
@@ -1462,7 +1464,7 @@ static void usage(void)
 	fprintf(stderr,
 	        "usage: bench_remote --dir CLUSTER_DIR --mode polling|blocking\n"
 	        "                    [--poll-us N] [--plaintext] [--ops N]\n"
-	        "                    [--transport zmq|tcp]\n"
+	        "                    [--transport zmq|tcp|rdma]\n"
 	        "                    [--segment N] [--scan-pages N] [--runs N]\n"
 	        "                    [--client-cpu N] [--server-cpu N]\n"
 	        "                    [--home-cpu N] [--requester-cpu N]\n"

@@ -465,8 +465,14 @@ static int qp_connect(struct vx *v, struct ibv_qp *qp, uint32_t my_psn,
 		return errno ? -errno : -EIO;
 	memset(&a, 0, sizeof a);
 	a.qp_state = IBV_QPS_RTS;
-	a.timeout = 14;   /* 4.096 us * 2^14 = 67 ms per try */
-	a.retry_cnt = 7;  /* a dead peer fails a send within about 0.5 s */
+	/* 4.096 us * 2^16 = 268 ms per try, 7 tries: a write fails after
+	 * about 2 s without an acknowledgement. A peer that died is found
+	 * sooner by its closed control connection or the heartbeats; a
+	 * shorter timeout only retransmits more where acknowledgements are
+	 * slow (soft-RoCE under emulation: tens of ms), and a failed write
+	 * breaks the channel (T1). */
+	a.timeout = 16;
+	a.retry_cnt = 7;
 	a.rnr_retry = 7;  /* V4: infinite */
 	a.sq_psn = my_psn & 0xffffff;
 	a.max_rd_atomic = 1;
@@ -512,12 +518,12 @@ int vx_out_connect(struct vx *v, uint32_t i, const struct vx_ep *theirs)
 	if (!o->qp)
 		return -ENOTCONN;
 	if (theirs->slot_size < v->slot_size || theirs->slots < 2 ||
-	    theirs->addr == 0)
+	    theirs->slots > 65536 || theirs->addr == 0)
 		return -EPROTO; /* its frames cannot hold our largest message */
 	rc = qp_connect(v, o->qp, o->psn, theirs);
 	if (rc)
 		return rc;
-	o->rslots = theirs->slots < v->slots ? theirs->slots : v->slots;
+	o->rslots = theirs->slots; /* its ring: frame m % rslots (V1) */
 	o->rslot_size = theirs->slot_size;
 	o->raddr = theirs->addr;
 	o->rkey = theirs->rkey;

@@ -202,13 +202,21 @@ static int write_config(const struct th_cluster *c, unsigned k)
 	        (unsigned long long)p->limit_objects);
 	const char *tpk = o->transport ? o->transport
 	                                : getenv("CAPDSM_TEST_TRANSPORT");
+	/* Under software emulation (tests/vm) a daemon can stall for longer
+	 * than the default failure detector allows: CAPDSM_TEST_SLOW=N
+	 * multiplies the default timings by N (tests that set their own
+	 * keep them). */
+	const char *slow_env = getenv("CAPDSM_TEST_SLOW");
+	unsigned slow = slow_env ? (unsigned)strtoul(slow_env, NULL, 10) : 1;
+	if (slow < 1 || slow > 100)
+		slow = 1;
 	fprintf(f,
 	        "[cluster]\nnodes = %u\ntransport = %s\nsecret_key_file = %s\n"
 	        "plaintext = %s\nheartbeat_ms = %u\ndead_after_ms = %u\n",
 	        c->n, tpk && *tpk ? tpk : "zmq", c->key_file[k],
 	        o->plaintext ? "true" : "false",
-	        o->heartbeat_ms ? o->heartbeat_ms : 50,
-	        o->dead_after_ms ? o->dead_after_ms : 500);
+	        o->heartbeat_ms ? o->heartbeat_ms : 50 * slow,
+	        o->dead_after_ms ? o->dead_after_ms : 500 * slow);
 	for (unsigned j = 0; j < c->n; j++) {
 		/* A node with a foreign key believes its own (unknown) public
 		 * key is the member key; everyone else lists the real one. */
