@@ -18,6 +18,8 @@ run() {
 
 echo "== plain build =="
 run build rdma
+echo "== RDMA tests in a VM (soft-RoCE; ctest -L vm) =="
+(cd build && CAPDSM_VM_TESTS=1 ctest --output-on-failure -L vm)
 if [ "${1:-}" != "--quick" ]; then
   echo "== AddressSanitizer + UndefinedBehaviorSanitizer build =="
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \

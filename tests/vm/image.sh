@@ -35,7 +35,9 @@ for tool in apt-cache apt-get dpkg dpkg-deb depmod modprobe cpio flock sha256sum
 done
 busybox=/bin/busybox
 [ -x "$busybox" ] || die "$busybox not found (install: apt-get install busybox-static)"
-if ! "$busybox" --list 2>/dev/null | grep -qx insmod; then
+# (grep reads the whole list: grep -q would stop early, and busybox's
+# SIGPIPE would fail the pipeline under pipefail.)
+if ! "$busybox" --list 2>/dev/null | grep -x insmod >/dev/null; then
   die "$busybox has no insmod applet (install: apt-get install busybox-static)"
 fi
 if ldd "$busybox" >/dev/null 2>&1; then
