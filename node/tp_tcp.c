@@ -1470,16 +1470,25 @@ static bool rdma_on_body(void *ctx, uint32_t k, const uint8_t *body,
 	return in_body(x->c, x->h, x->ctx, k, body, len, x->now, &x->events);
 }
 
+/* A queue pair failed (a completion error) or a message was malformed:
+ * its connection closes, what it held is lost (F1 turns that into the
+ * peer's failure, with errors to whoever waits on it), and the reason is
+ * reported through on_auth_fail, the transport's one line for the log. */
 static void rdma_on_fail(void *ctx, bool out, uint32_t i, const char *why)
 {
 	struct rdma_rx *x = ctx;
-	(void)why;
+	uint32_t peer = out ? i : x->c->in[i].peer;
+
 	if (strstr(why, "malformed"))
 		x->c->b.st.drop_malformed++;
 	if (out)
 		out_close(x->c, i, REDIAL_US);
 	else
 		in_close(x->c, i);
+	x->events += tp__auth_fail(&x->c->b, x->h, x->ctx,
+	                           "node %u: RDMA queue pair of the %s "
+	                           "connection failed (%s): closed",
+	                           peer, out ? "outgoing" : "incoming", why);
 }
 
 static void rdma_on_credit(void *ctx, uint32_t i)
