@@ -27,6 +27,12 @@
  *      completions (which follow the peer's acknowledgement). rnr_retry
  *      is nonetheless "infinite" so a slow reposter is a delay, not an
  *      error.
+ *  V5. A peer can write only its own ring: each peer's ring is
+ *      registered in a protection domain of its own, where the only
+ *      queue pairs are those of connections that peer's key proved (an
+ *      rkey is good for any queue pair of its domain, so one domain for
+ *      all would let one member write into another's frames). The send
+ *      frames allow no remote access at all.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -76,7 +82,9 @@ struct vx {
 	struct ibv_pd *pd;
 	struct ibv_comp_channel *ch;
 	struct ibv_cq *scq, *rcq;
-	struct ibv_mr *mr_rx, *mr_tx;
+	struct ibv_mr *mr_tx;     /* the send frames, in pd: local access only */
+	struct ibv_pd **ppd;      /* npeers: peer p's receive ring and the */
+	struct ibv_mr **pmr;      /* queue pairs it writes through (V5) */
 	uint8_t *rx, *tx;     /* npeers * slots (tx_slots) * slot_size */
 	size_t ring_bytes, tx_bytes;
 	uint32_t *txlen;      /* npeers * tx_slots: each send frame's length */
@@ -319,12 +327,23 @@ int vx_open(struct vx **out, const struct vx_config *cfg, char *err,
 		              "or completion queues: %s", strerror(errno));
 		goto fail;
 	}
-	/* The frames are registered once, here, for the process's life. */
-	v->mr_rx = ibv_reg_mr(v->pd, v->rx, v->ring_bytes,
-	                      IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
-	v->mr_tx = v->mr_rx ? ibv_reg_mr(v->pd, v->tx, v->tx_bytes,
-	                                 IBV_ACCESS_LOCAL_WRITE)
-	                    : NULL;
+	/* The frames are registered once, here, for the process's life:
+	 * each peer's ring in a domain of its own (V5). */
+	v->ppd = calloc(v->npeers, sizeof *v->ppd);
+	v->pmr = calloc(v->npeers, sizeof *v->pmr);
+	bool regs = v->ppd && v->pmr;
+	for (uint32_t p = 0; regs && p < v->npeers; p++) {
+		size_t ring = (size_t)v->slots * v->slot_size;
+		v->ppd[p] = ibv_alloc_pd(v->ctx);
+		v->pmr[p] = v->ppd[p] ? ibv_reg_mr(v->ppd[p], v->rx + p * ring,
+		                                   ring, IBV_ACCESS_LOCAL_WRITE |
+		                                   IBV_ACCESS_REMOTE_WRITE)
+		                      : NULL;
+		regs = v->pmr[p] != NULL;
+	}
+	v->mr_tx = regs ? ibv_reg_mr(v->pd, v->tx, v->tx_bytes,
+	                             IBV_ACCESS_LOCAL_WRITE)
+	                : NULL;
 	if (!v->mr_tx) {
 		rc = tp__fail(err, errlen, errno ? -errno : -ENOMEM,
 		              "rdma: cannot register %zu bytes of frames: %s "
@@ -360,8 +379,14 @@ void vx_close(struct vx *v)
 		vx_in_end(v, k);
 	if (v->mr_tx)
 		ibv_dereg_mr(v->mr_tx);
-	if (v->mr_rx)
-		ibv_dereg_mr(v->mr_rx);
+	for (uint32_t p = 0; v->pmr && p < v->npeers; p++)
+		if (v->pmr[p])
+			ibv_dereg_mr(v->pmr[p]);
+	for (uint32_t p = 0; v->ppd && p < v->npeers; p++)
+		if (v->ppd[p])
+			ibv_dealloc_pd(v->ppd[p]);
+	free(v->pmr);
+	free(v->ppd);
 	if (v->rcq)
 		ibv_destroy_cq(v->rcq);
 	if (v->scq)
@@ -394,8 +419,9 @@ const char *vx_describe(const struct vx *v)
 
 /* ---- queue pairs ---- */
 
-static struct ibv_qp *qp_create(struct vx *v, uint32_t send_wr,
-                                uint32_t recv_wr)
+static struct ibv_qp *qp_create(struct vx *v, struct ibv_pd *pd,
+                                uint32_t send_wr, uint32_t recv_wr,
+                                unsigned access)
 {
 	struct ibv_qp_init_attr ia = {
 		.send_cq = v->scq,
@@ -409,9 +435,9 @@ static struct ibv_qp *qp_create(struct vx *v, uint32_t send_wr,
 		.qp_state = IBV_QPS_INIT,
 		.pkey_index = 0,
 		.port_num = PORT,
-		.qp_access_flags = IBV_ACCESS_REMOTE_WRITE,
+		.qp_access_flags = access,
 	};
-	struct ibv_qp *qp = ibv_create_qp(v->pd, &ia);
+	struct ibv_qp *qp = ibv_create_qp(pd, &ia);
 
 	if (!qp)
 		return NULL;
@@ -495,7 +521,7 @@ int vx_out_begin(struct vx *v, uint32_t i, uint16_t gen, struct vx_ep *mine)
 	struct vx_out *o = &v->out[i];
 
 	vx_out_end(v, i);
-	o->qp = qp_create(v, v->tx_slots, VX_CREDIT_RECVS);
+	o->qp = qp_create(v, v->pd, v->tx_slots, VX_CREDIT_RECVS, 0);
 	if (!o->qp)
 		return errno ? -errno : -EIO;
 	o->gen = gen;
@@ -612,7 +638,8 @@ int vx_in_begin(struct vx *v, uint32_t k, uint16_t gen, uint32_t peer,
 	vx_in_end(v, k);
 	if (peer >= v->npeers)
 		return -EINVAL;
-	in->qp = qp_create(v, VX_CREDIT_INFLIGHT, v->slots);
+	in->qp = qp_create(v, v->ppd[peer], VX_CREDIT_INFLIGHT, v->slots,
+	                   IBV_ACCESS_REMOTE_WRITE);
 	if (!in->qp)
 		return errno ? -errno : -EIO;
 	in->gen = gen;
@@ -624,7 +651,7 @@ int vx_in_begin(struct vx *v, uint32_t k, uint16_t gen, uint32_t peer,
 		}
 	ep_fill(v, in->qp, mine);
 	mine->addr = (uintptr_t)(v->rx + (size_t)peer * v->slots * v->slot_size);
-	mine->rkey = v->mr_rx->rkey;
+	mine->rkey = v->pmr[peer]->rkey;
 	in->psn = mine->psn;
 	return 0;
 }

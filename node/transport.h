@@ -23,8 +23,10 @@
  *    connection destroys its queue pair. What RDMA carries is not
  *    encrypted (the fabric is trusted, as with every RDMA system):
  *    T2's origin holds because a queue pair accepts packets only from
- *    the one remote queue pair its handshake proved; "learns nothing"
- *    holds for a node that is not on the fabric.
+ *    the one remote queue pair its handshake proved, and each peer's
+ *    frames sit in a protection domain of their own, so no member can
+ *    write another's; "learns nothing" holds for a node that is not on
+ *    the fabric.
  * All share the wire header, the incarnations and the failure detector
  * (tp_common.c). Nodes of one cluster must all use the same kind.
  *
