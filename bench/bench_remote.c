@@ -991,17 +991,21 @@ static void robj_read_all(struct robj *o, int k)
 	free(buf);
 }
 
-/* Waits (up to 2 s) until every message between the daemons sent has
- * been received: the network is quiet. */
+/* Waits (up to 20 s: emulated machines are slow) until every message
+ * between the daemons sent has been received: the network is quiet. */
 static void quiesce(void)
 {
-	for (int i = 0; i < 2000; i++) {
-		struct ctr c = snap();
+	struct ctr c = { 0 };
+	for (int i = 0; i < 20000; i++) {
+		c = snap();
 		if (c.coh_in == c.coh_out && c.peer_in == c.peer_out)
 			return;
 		usleep(1000);
 	}
-	bench_die("coherence messages still in flight after 2 s");
+	bench_die("coherence messages still in flight after 20 s (coherence "
+	          "%llu sent, %llu received; all %llu sent, %llu received)",
+	          (unsigned long long)c.coh_out, (unsigned long long)c.coh_in,
+	          (unsigned long long)c.peer_out, (unsigned long long)c.peer_in);
 }
 
 /* Importers let go first; the home destroys the object once their drops

@@ -28,14 +28,17 @@
  *          them in order and returns credits every window / 4, as a flow
  *          controlled channel does. MiB/s of the 4 KiB payloads, median of
  *          --runs timed runs (default 5) sharing --bytes (default 64 MiB).
- * Waiting (--poll, the same on both sides): busy spins on ibv_poll_cq,
+ * Waiting (--poll): busy spins on ibv_poll_cq (both sides),
  * with sched_yield() between empty polls as capdsm's own spins do
  * (node/transport.h: on 2 cores a spin that never yields keeps helpers
  * off a core; with soft-RoCE that is the kernel's rxe work, run from
  * softirq or ksoftirqd); blocking sleeps in poll(2) on a completion
  * channel armed with ibv_req_notify_cq, the pattern of
  * ibv_get_cq_event(3): take the event, ack it, re-arm, then poll the CQ
- * until it is empty.
+ * until it is empty (both sides); mixed is capdsm's own policy — the side
+ * that awaits a reply (the requester) spins, the side that serves (the
+ * responder) sleeps between requests — so it is the limit of a transport
+ * round trip measured the way bench_remote's raw pair measures it.
  *
  * Invariants:
  *  R1. Message m (a reply or a stream message) goes into frame m % window
@@ -137,7 +140,8 @@ _Static_assert(sizeof(struct vr_endpoint) == 48, "endpoint is 48 bytes");
 struct opts {
 	const char *device;
 	int gid_index; /* < 0: the first IPv4-mapped RoCE v2 GID */
-	bool rt, stream, busy;
+	bool rt, stream, busy, rbusy; /* busy: requester spins; rbusy: responder */
+	const char *poll;             /* "busy", "blocking" or "mixed" */
 	long ops, window, runs;
 	uint64_t bytes;
 	int client_cpu, server_cpu;
@@ -202,7 +206,7 @@ static void usage(void)
 {
 	fprintf(stderr,
 	        "usage: verbs_raw [--mode rt|stream|all]\n"
-	        "                 [--poll busy|blocking] [--device NAME]\n"
+	        "                 [--poll busy|blocking|mixed] [--device NAME]\n"
 	        "                 [--gid-index N] [--ops N]\n"
 	        "                 [--window W] [--bytes N] [--runs N]\n"
 	        "                 [--client-cpu N] [--server-cpu N]\n");
@@ -1014,6 +1018,8 @@ int main(int argc, char **argv)
 		.rt = true,
 		.stream = true,
 		.busy = true,
+		.rbusy = true,
+		.poll = "busy",
 		.ops = 2000,
 		.window = 64,
 		.runs = 5,
@@ -1035,7 +1041,10 @@ int main(int argc, char **argv)
 				usage();
 			break;
 		case 'p':
-			o.busy = !strcmp(optarg, "busy");
+			o.busy = !strcmp(optarg, "busy") ||
+			         !strcmp(optarg, "mixed");
+			o.rbusy = !strcmp(optarg, "busy");
+			o.poll = optarg;
 			if (!o.busy && strcmp(optarg, "blocking"))
 				usage();
 			break;
@@ -1087,7 +1096,7 @@ int main(int argc, char **argv)
 	if (pid < 0)
 		die("fork: %s", strerror(errno));
 	if (pid == 0) {
-		struct side s = { .requester = false, .busy = o.busy,
+		struct side s = { .requester = false, .busy = o.rbusy,
 		                  .sock = sv[1] };
 		who = "responder";
 		close(sv[0]);
@@ -1103,7 +1112,7 @@ int main(int argc, char **argv)
 	}
 
 	struct side s = { .requester = true, .busy = o.busy, .sock = sv[0] };
-	struct ctx_info c = { .poll = o.busy ? "busy" : "blocking", .s = &s };
+	struct ctx_info c = { .poll = o.poll, .s = &s };
 	who = "requester";
 	close(sv[1]);
 	bench_pin(o.client_cpu);

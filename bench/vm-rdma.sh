@@ -3,7 +3,8 @@
 # (qemu under software emulation, soft-RoCE on rxe0), in one run:
 #  - the transport's round trip (64 B request, 4 KiB reply) and streaming
 #    throughput, beside the same over plain libibverbs (bench/verbs_raw,
-#    same device, same polling mode): ratios transport / raw verbs;
+#    same device, the same waiting: the requester spins, the responder
+#    sleeps between requests): ratios transport / raw verbs;
 #  - a remote read fault over RDMA beside one over ZeroMQ, each on a
 #    3-node cluster of its own (bench_remote): ratio rdma / zmq.
 # The VM's absolute times mean little (every instruction is emulated, and
@@ -69,6 +70,9 @@ cluster_bench() { # TRANSPORT CASES
   "$build/bench/bench_remote" --dir "$dir/c" --mode polling --poll-us "$poll" \
     --cases "$2" --runs 1 | grep '^{' >>"$raw" || {
       "$tool" cluster down --dir "$dir/c" >/dev/null 2>&1 || true
+      for l in "$dir"/c/node*/capdsmd.log; do
+        echo "---- $l (last lines) ----" >&2; tail -n 15 "$l" >&2
+      done
       echo "vm-rdma.sh: bench_remote over $1 failed" >&2; return 1; }
   "$tool" cluster down --dir "$dir/c" >/dev/null
   rm -rf "$dir"
@@ -76,8 +80,9 @@ cluster_bench() { # TRANSPORT CASES
 
 for r in $(seq "$runs"); do
   echo "vm-rdma.sh: run $r of $runs" >&2
-  "$build/bench/verbs_raw" --mode rt --poll busy | grep '^{' >>"$raw"
-  "$build/bench/verbs_raw" --mode stream --poll busy | grep '^{' >>"$raw"
+  # mixed: the requester spins, the responder sleeps between requests —
+  # the daemons' policy, and how bench_remote's raw pair waits.
+  "$build/bench/verbs_raw" --mode all --poll mixed | grep '^{' >>"$raw"
   cluster_bench rdma read,scan
   cluster_bench zmq read
 done

@@ -27,6 +27,16 @@
  *      completions (which follow the peer's acknowledgement). rnr_retry
  *      is nonetheless "infinite" so a slow reposter is a delay, not an
  *      error.
+ *  V6. Credits ride on reverse traffic: each frame i sends to p carries
+ *      how many of p's messages i consumed, for p's current outgoing QP
+ *      (by number), so request/response traffic needs no credit SEND at
+ *      all. A credit SEND goes only when a quarter of the ring's worth is
+ *      unreported: a sender that is out of credits has every one of its
+ *      frames unreported, so it is always freed. Piggybacks and SENDs
+ *      travel on different QPs and may arrive out of order: a count lower
+ *      than one already applied is stale and ignored; one higher than
+ *      what was sent is malformed. A piggyback lost with a broken
+ *      outgoing connection rolls `reported` back to what SENDs reported.
  *  V5. A peer can write only its own ring: each peer's ring is
  *      registered in a protection domain of its own, where the only
  *      queue pairs are those of connections that peer's key proved (an
@@ -50,6 +60,10 @@
 
 #define PORT 1
 #define BODY_FIX (W_LEN + 4)
+/* Every frame starts with a piggybacked credit (V6): the queue pair
+ * number of the receiver's own outgoing QP to us, and how many of its
+ * messages we consumed (mod 2^32). The immediate counts these bytes. */
+#define PIGGY 8
 #define POLL_BATCH 32
 
 struct vx_out {
@@ -73,6 +87,8 @@ struct vx_in {
 	uint32_t peer;
 	uint64_t recvd;       /* messages consumed */
 	uint64_t reported;    /* the count last returned as credit */
+	uint64_t sure;        /* the count last returned by a credit SEND */
+	uint32_t rqpn;        /* the sender's out QP (piggybacks name it) */
 	uint32_t inflight;    /* credit sends not completed */
 	uint32_t psn;         /* ours, from begin to connect */
 };
@@ -92,8 +108,10 @@ struct vx {
 	int gid_index;
 	union ibv_gid gid;
 	enum ibv_mtu mtu;
+	bool armed;           /* both CQs armed, no event taken since */
 	struct vx_out *out;
 	struct vx_in *in;
+	int32_t *in_of;       /* npeers: the connected in slot of each, or -1 */
 	char desc[96];
 };
 
@@ -257,7 +275,7 @@ int vx_open(struct vx **out, const struct vx_config *cfg, char *err,
 	struct ibv_device_attr da;
 	struct vx *v;
 	int rc, flags;
-	uint32_t most, scqe, rcqe;
+	uint32_t scqe, rcqe;
 
 	*out = NULL;
 	v = calloc(1, sizeof *v);
@@ -265,7 +283,7 @@ int vx_open(struct vx **out, const struct vx_config *cfg, char *err,
 		return tp__fail(err, errlen, -ENOMEM, "out of memory");
 	v->npeers = cfg->npeers;
 	v->nin = cfg->nin;
-	v->slot_size = (uint32_t)((cfg->max_body + 63) & ~(size_t)63);
+	v->slot_size = (uint32_t)((cfg->max_body + PIGGY + 63) & ~(size_t)63);
 	v->slots = cfg->slots < 2 ? 2 : cfg->slots;
 	v->tx_slots = cfg->tx_slots < v->slots ? v->slots : cfg->tx_slots;
 	rc = open_device(v, cfg->device, err, errlen);
@@ -289,14 +307,23 @@ int vx_open(struct vx **out, const struct vx_config *cfg, char *err,
 	rc = pick_gid(v, cfg->gid_index, pa.gid_tbl_len, err, errlen);
 	if (rc)
 		goto fail;
-	/* Fit the rings to the device's queue and completion queue sizes. */
-	most = v->npeers > v->nin ? v->npeers : v->nin;
+	/* Fit the rings to the device's queue and completion queue sizes:
+	 * the send CQ takes every out QP's writes and every in QP's credits,
+	 * the receive CQ every in QP's frames and every out QP's credits. */
 	if ((int)v->tx_slots > da.max_qp_wr)
 		v->tx_slots = (uint32_t)da.max_qp_wr;
+	if ((int)v->slots > da.max_qp_wr)
+		v->slots = (uint32_t)da.max_qp_wr;
 	while (v->tx_slots > 2 &&
-	       (uint64_t)most * (v->tx_slots + VX_CREDIT_RECVS) >
+	       (uint64_t)v->npeers * v->tx_slots +
+	                       (uint64_t)v->nin * VX_CREDIT_INFLIGHT >
 	               (uint64_t)da.max_cqe)
 		v->tx_slots /= 2;
+	while (v->slots > 2 &&
+	       (uint64_t)v->nin * v->slots +
+	                       (uint64_t)v->npeers * VX_CREDIT_RECVS >
+	               (uint64_t)da.max_cqe)
+		v->slots /= 2;
 	if (v->slots > v->tx_slots)
 		v->slots = v->tx_slots;
 	scqe = v->npeers * v->tx_slots + v->nin * VX_CREDIT_INFLIGHT;
@@ -304,12 +331,15 @@ int vx_open(struct vx **out, const struct vx_config *cfg, char *err,
 
 	v->out = calloc(v->npeers, sizeof *v->out);
 	v->in = calloc(v->nin, sizeof *v->in);
+	v->in_of = malloc(v->npeers * sizeof *v->in_of);
+	for (uint32_t p = 0; v->in_of && p < v->npeers; p++)
+		v->in_of[p] = -1;
 	v->ring_bytes = (size_t)v->npeers * v->slots * v->slot_size;
 	v->tx_bytes = (size_t)v->npeers * v->tx_slots * v->slot_size;
 	v->rx = ring_alloc(v->ring_bytes);
 	v->tx = ring_alloc(v->tx_bytes);
 	v->txlen = calloc((size_t)v->npeers * v->tx_slots, sizeof *v->txlen);
-	if (!v->out || !v->in || !v->rx || !v->tx || !v->txlen) {
+	if (!v->out || !v->in || !v->in_of || !v->rx || !v->tx || !v->txlen) {
 		rc = tp__fail(err, errlen, -ENOMEM,
 		              "rdma: out of memory for %zu bytes of rings",
 		              v->ring_bytes + v->tx_bytes);
@@ -352,6 +382,7 @@ int vx_open(struct vx **out, const struct vx_config *cfg, char *err,
 		goto fail;
 	}
 	flags = fcntl(v->ch->fd, F_GETFL);
+	v->armed = true;
 	if (flags < 0 || fcntl(v->ch->fd, F_SETFL, flags | O_NONBLOCK) ||
 	    ibv_req_notify_cq(v->scq, 0) || ibv_req_notify_cq(v->rcq, 0)) {
 		rc = tp__fail(err, errlen, -EIO,
@@ -404,6 +435,7 @@ void vx_close(struct vx *v)
 	free(v->txlen);
 	free(v->out);
 	free(v->in);
+	free(v->in_of);
 	free(v);
 }
 
@@ -566,6 +598,8 @@ void vx_out_end(struct vx *v, uint32_t i)
 	o->qp = NULL;
 	o->up = false;
 	o->gen++; /* V3: whatever completes from now on is stale */
+	if (v->in_of && v->in_of[i] >= 0) /* V6: piggybacks may be lost */
+		v->in[v->in_of[i]].reported = v->in[v->in_of[i]].sure;
 }
 
 bool vx_out_room(const struct vx *v, uint32_t i)
@@ -582,6 +616,16 @@ static int out_post(struct vx *v, uint32_t i)
 
 	while (o->posted < o->accepted && o->posted - o->acked < o->rslots) {
 		size_t f = (size_t)i * v->tx_slots + o->posted % v->tx_slots;
+		uint8_t *b = v->tx + f * v->slot_size;
+		int32_t k = v->in_of[i];
+		if (k >= 0) { /* V6: what we consumed of i's messages */
+			struct vx_in *in = &v->in[k];
+			tp__put32(b, in->rqpn);
+			tp__put32(b + 4, (uint32_t)in->recvd);
+			in->reported = in->recvd;
+		} else {
+			memset(b, 0, PIGGY);
+		}
 		struct ibv_sge sge = { .addr = (uintptr_t)(v->tx +
 		                                           f * v->slot_size),
 			               .length = v->txlen[f],
@@ -615,17 +659,17 @@ int vx_out_send(struct vx *v, uint32_t i, const uint8_t *wire,
 
 	if (!vx_out_room(v, i))
 		return -EAGAIN;
-	if (len > v->slot_size)
+	if (PIGGY + len > v->slot_size)
 		return -EMSGSIZE;
 	f = (size_t)i * v->tx_slots + o->accepted % v->tx_slots;
-	b = v->tx + f * v->slot_size;
+	b = v->tx + f * v->slot_size + PIGGY; /* out_post fills the credit */
 	memcpy(b, wire, W_LEN);
 	tp__put32(b + W_LEN, (uint32_t)hdrlen);
 	if (hdrlen)
 		memcpy(b + BODY_FIX, hdr, hdrlen);
 	if (plen)
 		memcpy(b + BODY_FIX + hdrlen, payload, plen);
-	v->txlen[f] = (uint32_t)len;
+	v->txlen[f] = (uint32_t)(PIGGY + len);
 	o->accepted++;
 	return out_post(v, i);
 }
@@ -666,9 +710,13 @@ int vx_in_connect(struct vx *v, uint32_t k, const struct vx_ep *theirs)
 	rc = qp_connect(v, in->qp, in->psn, theirs);
 	if (rc)
 		return rc;
-	in->recvd = in->reported = 0;
+	in->recvd = in->reported = in->sure = 0;
 	in->inflight = 0;
+	in->rqpn = theirs->qpn;
 	in->up = true;
+	if (v->in_of[in->peer] >= 0 && v->in_of[in->peer] != (int32_t)k)
+		vx_in_end(v, (uint32_t)v->in_of[in->peer]);
+	v->in_of[in->peer] = (int32_t)k;
 	return 0;
 }
 
@@ -679,6 +727,8 @@ void vx_in_end(struct vx *v, uint32_t k)
 	if (in->qp)
 		ibv_destroy_qp(in->qp);
 	in->qp = NULL;
+	if (in->up && v->in_of && v->in_of[in->peer] == (int32_t)k)
+		v->in_of[in->peer] = -1;
 	in->up = false;
 	in->gen++;
 }
@@ -688,6 +738,21 @@ void vx_in_end(struct vx *v, uint32_t k)
 static const char *wc_why(const struct ibv_wc *wc)
 {
 	return ibv_wc_status_str(wc->status);
+}
+
+/* Applies a credit count (mod 2^32) to peer i's outgoing connection:
+ * returns false if it is malformed (more than was ever posted); a stale
+ * one (lower than applied already, V6) changes nothing. */
+static bool credit(struct vx *v, uint32_t i, uint32_t c)
+{
+	struct vx_out *o = &v->out[i];
+	uint64_t back = (uint32_t)((uint32_t)o->posted - c);
+
+	if (back > o->posted)
+		return false;
+	if (o->posted - back > o->acked)
+		o->acked = o->posted - back;
+	return true;
 }
 
 /* A receive completion: a message on an in QP, a credit on an out QP. */
@@ -708,14 +773,11 @@ static int on_recv(struct vx *v, const struct vx_sink *s,
 			s->on_fail(s->ctx, true, idx, why);
 			return 0;
 		}
-		uint32_t c = ntohl(wc->imm_data);
-		uint64_t back = (uint32_t)((uint32_t)o->posted - c);
-		if (!(wc->wc_flags & IBV_WC_WITH_IMM) || back > o->posted ||
-		    o->posted - back < o->acked) {
+		if (!(wc->wc_flags & IBV_WC_WITH_IMM) ||
+		    !credit(v, idx, ntohl(wc->imm_data))) {
 			s->on_fail(s->ctx, true, idx, "a malformed credit");
 			return 0;
 		}
-		o->acked = o->posted - back;
 		if (post_recv(o->qp, wr_id(true, gen, idx)) || out_post(v, idx)) {
 			s->on_fail(s->ctx, true, idx, "cannot post");
 			return 0;
@@ -734,20 +796,33 @@ static int on_recv(struct vx *v, const struct vx_sink *s,
 	}
 	uint32_t len = ntohl(wc->imm_data);
 	if (wc->opcode != IBV_WC_RECV_RDMA_WITH_IMM ||
-	    !(wc->wc_flags & IBV_WC_WITH_IMM) || len < BODY_FIX ||
+	    !(wc->wc_flags & IBV_WC_WITH_IMM) || len < PIGGY + BODY_FIX ||
 	    len > v->slot_size) {
 		s->on_fail(s->ctx, false, idx, "a malformed write");
 		return 0;
 	}
-	const uint8_t *body = v->rx + ((size_t)in->peer * v->slots +
-	                               in->recvd % v->slots) * v->slot_size;
+	const uint8_t *f = v->rx + ((size_t)in->peer * v->slots +
+	                            in->recvd % v->slots) * v->slot_size;
 	if (post_recv(in->qp, wr_id(false, gen, idx))) {
 		s->on_fail(s->ctx, false, idx, "cannot repost a receive");
 		return 0;
 	}
+	/* V6: the piggybacked credit, for our current QP to that peer. */
+	uint32_t peer = in->peer, qpn = tp__get32(f);
+	struct vx_out *o = &v->out[peer];
+	if (qpn && o->up && o->qp && qpn == o->qp->qp_num) {
+		if (!credit(v, peer, tp__get32(f + 4))) {
+			s->on_fail(s->ctx, false, idx, "a malformed credit");
+			return 0;
+		}
+		if (out_post(v, peer)) /* that connection breaks, not this */
+			s->on_fail(s->ctx, true, peer, "cannot post");
+		else
+			s->on_credit(s->ctx, peer);
+	}
 	if (*budget)
 		(*budget)--;
-	if (s->on_body(s->ctx, idx, body, len) && in->gen == gen)
+	if (s->on_body(s->ctx, idx, f + PIGGY, len - PIGGY) && in->gen == gen)
 		in->recvd++; /* V1: its frame is free once this returns */
 	return 0;
 }
@@ -795,14 +870,16 @@ static void drain_channel(struct vx *v)
 }
 
 int vx_poll(struct vx *v, const struct vx_sink *s, uint32_t *budget,
-            bool *more)
+            bool event, bool *more)
 {
 	struct ibv_wc wc[POLL_BATCH];
-	bool armed = false;
 	int n;
 
 	*more = false;
-	drain_channel(v);
+	if (event) { /* the channel fired: the CQs are no longer armed */
+		drain_channel(v);
+		v->armed = false;
+	}
 	for (;;) {
 		bool any = false;
 		/* Sends first: they free frames and credits for what the
@@ -831,15 +908,17 @@ int vx_poll(struct vx *v, const struct vx_sink *s, uint32_t *budget,
 			*more = true;
 			return 0;
 		}
-		if (!any && armed)
+		if (!any && v->armed)
 			return 0;
 		if (!any) {
-			/* Re-arm, then look once more: a completion between
-			 * the last poll and the arming raises no event. */
+			/* Re-arm (once per event: an armed CQ stays armed, so
+			 * a spinning caller makes no system call here), then
+			 * look once more: a completion between the last poll
+			 * and the arming raises no event. */
 			if (ibv_req_notify_cq(v->scq, 0) ||
 			    ibv_req_notify_cq(v->rcq, 0))
 				return -EIO;
-			armed = true;
+			v->armed = true;
 		}
 	}
 }
@@ -848,9 +927,10 @@ void vx_credit_flush(struct vx *v)
 {
 	for (uint32_t k = 0; k < v->nin; k++) {
 		struct vx_in *in = &v->in[k];
-		if (!in->up || in->recvd == in->reported ||
+		uint64_t quarter = v->slots / 4 ? v->slots / 4 : 1;
+		if (!in->up || in->recvd - in->reported < quarter ||
 		    in->inflight >= VX_CREDIT_INFLIGHT)
-			continue;
+			continue; /* V6: a sender out of credits has slots */
 		struct ibv_send_wr wr = {
 			.wr_id = wr_id(false, in->gen, k),
 			.num_sge = 0,
@@ -860,7 +940,7 @@ void vx_credit_flush(struct vx *v)
 		}, *bad = NULL;
 		if (ibv_post_send(in->qp, &wr, &bad))
 			continue; /* retried at the next flush */
-		in->reported = in->recvd;
+		in->reported = in->sure = in->recvd;
 		in->inflight++;
 	}
 }

@@ -64,7 +64,7 @@ struct vx_config {
 	uint32_t nin;         /* accepted-connection slots */
 	uint32_t slots;       /* receive frames per peer (its credits) */
 	uint32_t tx_slots;    /* send frames per peer (>= slots): the send
-	                         queue of tp_send */
+	                         queue of tp_send (queue_limit) */
 	size_t max_body;      /* largest message body */
 };
 
@@ -123,11 +123,13 @@ struct vx_sink {
 };
 
 /* Reaps completions: up to *budget messages (decremented), every credit
- * and send completion; re-arms the channel when the queues run dry.
+ * and send completion. `event`: vx_fd was reported readable (its events
+ * are taken and the queues re-armed once they run dry; otherwise an armed
+ * channel is left as it is, so a spinning caller pays no system call).
  * Returns 0, or -errno if the verbs library failed. *more is set if
  * messages may remain (budget spent). */
 int vx_poll(struct vx *v, const struct vx_sink *s, uint32_t *budget,
-            bool *more);
+            bool event, bool *more);
 /* Returns consumed frames to the senders of every connection that
  * consumed any since its last credit (one SEND each, at most
  * VX_CREDIT_INFLIGHT in flight). */

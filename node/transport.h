@@ -137,9 +137,13 @@ struct tp_config {
 	uint32_t send_buffer;
 	/* TP_KIND_RDMA only: the verbs device ("" or NULL-terminated empty:
 	 * the first one found) and the GID index on its port 1 (unless
-	 * rdma_gid_set: the first RoCE v2 IPv4-mapped GID). send_buffer
-	 * sizes the registered frame rings: per peer, as many largest
-	 * messages as it holds, within 16..1024 and queue_limit. */
+	 * rdma_gid_set: the first RoCE v2 IPv4-mapped GID). Registered
+	 * frames, per peer: to receive, as many largest messages as
+	 * send_buffer holds (within 16..1024 and queue_limit); to send,
+	 * queue_limit of them, within 32 MiB (the send queue). Each frame is
+	 * the largest message rounded up to 64 bytes (4416 bytes for a 4 KiB
+	 * payload: with the daemon's queue_limit of 4096, about 19 MiB per
+	 * peer). */
 	char rdma_device[64];
 	bool rdma_gid_set;
 	uint32_t rdma_gid_index;
