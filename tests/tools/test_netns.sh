@@ -89,7 +89,19 @@ expect_eq "namespaces made by the refused up" "$n" 1
 # ---- namespaces of nodes that died: up again replaces them, down
 # removes them ----
 up "$D" --nodes 2 --netns
-kill -9 $(cat "$D"/node*/pid)
+pids=$(cat "$D"/node*/pid)
+kill -9 $pids
+# SIGKILL is delivered, not yet acted on: wait until they are gone (or
+# zombies), as a node that died is.
+for _ in $(seq 100); do
+	alive=0
+	for p in $pids; do
+		st=$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null || true)
+		case $st in ''|Z|X) ;; *) alive=1 ;; esac
+	done
+	[ $alive -eq 0 ] && break
+	sleep 0.05
+done
 up "$D" --nodes 2 --netns
 expect_eq "namespaces after up over dead nodes" \
 	"$(ip netns list | grep -c "^$PFX-")" 3
