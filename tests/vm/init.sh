@@ -92,13 +92,19 @@ mkdir -p /job
 cat "$LOWER$job/job.sh" >/job/job.sh || fail "cannot read $job/job.sh"
 cat "$LOWER$job/conf" >/job/conf || fail "cannot read $job/conf"
 out=
+keep=
 while IFS= read -r line; do
   case "$line" in
     out=*) out=${line#out=} ;;
+    keep=*) keep=${line#keep=} ;;
   esac
 done </job/conf
 
 step "chroot"
+if [ -n "$keep" ]; then # the job's folder under /tmp or /run: keep it
+  mkdir -p /keep
+  mount -o bind "$ROOT$keep" /keep || fail "cannot hold $keep (bind)"
+fi
 mount -t proc proc "$ROOT/proc" || fail "mount proc in the chroot"
 mount -t sysfs sysfs "$ROOT/sys" || fail "mount sysfs in the chroot"
 mount -t devtmpfs devtmpfs "$ROOT/dev" || fail "mount devtmpfs in the chroot"
@@ -107,6 +113,10 @@ mount -t devpts devpts "$ROOT/dev/pts" || fail "mount devpts in the chroot"
 mount -t tmpfs -o mode=1777 shm "$ROOT/dev/shm" || fail "mount /dev/shm"
 mount -t tmpfs -o mode=1777 tmp "$ROOT/tmp" || fail "mount /tmp"
 mount -t tmpfs -o mode=755 run "$ROOT/run" || fail "mount /run"
+if [ -n "$keep" ]; then
+  mkdir -p "$ROOT$keep" || fail "cannot create $keep in the VM"
+  mount -o bind /keep "$ROOT$keep" || fail "cannot bring $keep back (bind)"
+fi
 mkdir -p "$ROOT/run/capdsm-vm"
 cat /job/job.sh >"$ROOT/run/capdsm-vm/job.sh"
 if [ -n "$out" ]; then

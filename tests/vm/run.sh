@@ -57,9 +57,17 @@ qemu=$(command -v qemu-system-x86_64 || true)
 command -v timeout >/dev/null || die "timeout(1) not found (coreutils)"
 
 cwd=$(pwd -P)
+# /tmp and /run are the VM's own: a folder under them (a checkout in /tmp,
+# as a CI job may use) is carried over whole — its top folder there, seen
+# through the overlay, is bound back over the VM's fresh /tmp or /run.
+keep=
 case "$cwd" in
-  /tmp|/tmp/*|/run|/run/*|/proc|/proc/*|/sys|/sys/*|/dev|/dev/*)
+  /tmp|/run|/proc|/proc/*|/sys|/sys/*|/dev|/dev/*)
     die "the current folder $cwd is not visible in the VM (its /tmp, /run, /proc, /sys, /dev are its own)" ;;
+  /tmp/*|/run/*)
+    top=${cwd#/}; top=${top%%/*}          # tmp or run
+    rest=${cwd#/"$top"/}; rest=${rest%%/*}  # the folder under it
+    keep=/$top/$rest ;;
 esac
 if [ -n "$out" ]; then
   mkdir -p "$out" || die "cannot create --out folder $out"
@@ -122,6 +130,7 @@ esac
 } >"$work/job.sh"
 {
   if [ -n "$out" ]; then printf 'out=%s\n' "$out"; fi
+  if [ -n "$keep" ]; then printf 'keep=%s\n' "$keep"; fi
 } >"$work/conf"
 : >"$work/status"
 : >"$work/job.out"
