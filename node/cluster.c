@@ -408,6 +408,8 @@ void node_cluster_idle(struct node *n)
 {
 	if (n->clustered && n->npmq)
 		premap_flush(n);
+	if (n->clustered && n->release_deferred && coh_outstanding(n->coh) == 0)
+		node_cluster_release_imports(n);
 }
 
 /* After a read fault on pgno through m: detect a sequential reader and
@@ -825,6 +827,15 @@ static void import_free(struct node *n, struct rimport *ri)
 void node_cluster_release_imports(struct node *n)
 {
 	if (!n->clustered)
+		return;
+	/* A proxy's pages are given back (coh_evict) before they are
+	 * forgotten; one with a request in flight (read-ahead a reader left
+	 * behind) cannot be, and forgetting it anyway would leave this node
+	 * in the home's copyset with no copy here, so a later upgrade would
+	 * get a GRANT for nothing. So the release waits for quiet
+	 * (node_cluster_idle retries it). */
+	n->release_deferred = coh_outstanding(n->coh) > 0;
+	if (n->release_deferred)
 		return;
 	for (uint32_t i = 0; i < n->cfg.sturdy; i++) {
 		struct rimport *ri = &n->imports[i];

@@ -202,6 +202,8 @@ struct node {
 	struct coh_node *coh;
 	uint32_t outstanding_max; /* the coherence node's max_outstanding */
 	uint32_t remote_waits;    /* sessions awaiting another node's answer */
+	bool release_deferred;    /* imports to release once no request of
+	                             this node is in flight */
 	/* read-ahead pages to map at the end of this round (cluster.c) */
 	struct premap_req {
 		uint32_t map, dobj;

@@ -263,11 +263,58 @@ static void test_small_frame_pool(void **state)
 	mn_close(c1);
 }
 
+/* A reader whose session ends while its read-ahead is still in flight,
+ * then a writer on the same node: the released import must not leave the
+ * node in the home's copyset without a copy (its upgrade would be granted
+ * with no data: the write hung, the home logged a refused GRANT). Many
+ * rounds, for the race between the end of the session and the replies. */
+/* A connection to node k the test closes itself (mn_connect's are
+ * closed by the harness). */
+static struct capdsm *own_connect(unsigned k)
+{
+	struct capdsm *c = NULL;
+	assert_int_equal(capdsm_connect(th_cluster_sock(&mn_c, k), NULL, &c), 0);
+	return c;
+}
+
+static void test_release_with_read_ahead_in_flight(void **state)
+{
+	struct capdsm *c0 = mn_connect(0);
+	char ref[CAPDSM_REF_MAX];
+	uint8_t small[8];
+	(void)state;
+
+	for (unsigned round = 0; round < 12; round++) {
+		uint32_t s0 = mn_object(c0, SIZE, ref);
+		struct capdsm *r = own_connect(1);
+		uint32_t sr = mn_import(r, ref);
+		MN_OK(r, capdsm_read(r, sr, 0, small, 5)); /* starts read-ahead */
+		capdsm_close(r);
+
+		struct capdsm *w = own_connect(1);
+		uint32_t sw = mn_import(w, ref);
+		for (size_t i = 0; i < SIZE; i++)
+			buf[i] = th_pattern(7000 + round, i);
+		MN_OK(w, capdsm_write(w, sw, 0, buf, SIZE));
+		capdsm_close(w);
+		memset(buf, 0, SIZE);
+		MN_OK(c0, capdsm_read(c0, s0, 0, buf, SIZE));
+		for (size_t i = 0; i < SIZE; i++)
+			if (buf[i] != th_pattern(7000 + round, i)) {
+				print_message("round %u: byte %zu differs at the "
+				              "home\n", round, i);
+				fail();
+			}
+		MN_OK(c0, capdsm_object_destroy(c0, s0));
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest group[] = {
 		MN_TEST(test_scan_is_read_ahead_and_coherent),
 		MN_TEST(test_reader_racing_a_sweeping_writer),
+		MN_TEST(test_release_with_read_ahead_in_flight),
 	};
 	const struct CMUnitTest own[] = {
 		MN_OWN_TEST(test_small_frame_pool),
