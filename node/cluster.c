@@ -63,6 +63,22 @@ static struct dobj *dobj_at(struct node *n, uint64_t cookie)
 	return &n->dobjs[cookie];
 }
 
+/* What a client is told when coherence refuses it a page. */
+static const char *coh_err_text(int err)
+{
+	switch (err) {
+	case -EHOSTDOWN:
+		return "the object's home is down";
+	case -ESTALE:
+		return "the object's home declared this node dead (membership is "
+		       "crash-stop: a restarted node is not taken back; restart "
+		       "the cluster)";
+	case -ENOENT:
+		return "the object is gone at its home";
+	}
+	return "coherence refused the page";
+}
+
 /* ---- sending to peers ---- */
 
 static void peer_send(struct node *n, uint32_t to, const Capdsm__Peer__PeerMsg *m,
@@ -487,8 +503,7 @@ void node_cluster_fault(struct node *n, struct mapping *m, uint64_t addr,
 		return park(n, m, d, rc == 2 ? ANY_PAGE : pgno, addr, flags, tid);
 	if (rc < 0)
 		return node_refuse_fault(n, &n->sessions[m->session], tid, addr,
-		                         rc == -EHOSTDOWN ? "the page's home is down"
-		                                          : "coherence refused the page");
+		                         coh_err_text(rc));
 	/* Away from its home a page this node holds is in the proxy's file
 	 * (INSTALL put it there, perhaps after the fault was raised as
 	 * MISSING): map it as a minor fault, one UFFDIO_CONTINUE, instead of
@@ -561,9 +576,7 @@ static void op_advance(struct node *n, struct session *s)
 			return;
 		}
 		if (rc < 0)
-			return op_finish(n, s, rc, rc == -EHOSTDOWN
-			                                   ? "the object's home is down"
-			                                   : "coherence refused the page");
+			return op_finish(n, s, rc, coh_err_text(rc));
 		/* K1: held now, copy now. */
 		if (s->op.write)
 			memcpy(d->base + at, s->stage + s->op.done, k);
@@ -636,7 +649,7 @@ void node__drain(struct node *n)
 				     s->op.wait_pg != q[j].pg.pgno))
 					continue;
 				if (q[j].err && s->op.wait_pg != ANY_PAGE) {
-					op_finish(n, s, q[j].err, "the object's home is down");
+					op_finish(n, s, q[j].err, coh_err_text(q[j].err));
 					continue;
 				}
 				op_advance(n, s);
@@ -1173,6 +1186,27 @@ static void on_msg(void *ctx, uint32_t from, const void *hdr, size_t hdrlen,
 			         from, c->type, plen);
 			break;
 		}
+		if (coh_peer_is_down(n->coh, from) &&
+		    (m.type == COH_M_READ_REQ || m.type == COH_M_WRITE_REQ)) {
+			/* A node this one declared dead speaks again: a new
+			 * incarnation (a restarted daemon). Membership is
+			 * crash-stop, so it stays dead here, but its requests
+			 * are refused rather than ignored, so its clients get
+			 * an error, not a hang. */
+			Capdsm__Peer__PeerMsg rm = CAPDSM__PEER__PEER_MSG__INIT;
+			Capdsm__Peer__Coh rc_ = CAPDSM__PEER__COH__INIT;
+			rc_.type = COH_M_NACK;
+			rc_.mode = COH_INVALID;
+			rc_.err = -ESTALE;
+			rc_.seq = c->seq;
+			rc_.oid = c->oid;
+			rc_.pgno = c->pgno;
+			rm.body_case = CAPDSM__PEER__PEER_MSG__BODY_COH;
+			rm.coh = &rc_;
+			n->peer_ct_bad++; /* on_peer logged why, once */
+			peer_send(n, from, &rm, NULL, 0);
+			break;
+		}
 		n->rx_payload = payload;
 		n->rx_plen = plen;
 		int rc = coh_recv(n->coh, &m);
@@ -1226,6 +1260,12 @@ static void on_peer(void *ctx, uint32_t peer, bool up, uint64_t inc,
 
 	if (up) {
 		log_info("peer up", "peer=%u incarnation=%" PRIu64, peer, inc);
+		if (coh_peer_is_down(n->coh, peer))
+			log_warn("a node declared dead restarted", "peer=%u "
+			         "incarnation=%" PRIu64 " note=\"membership is "
+			         "crash-stop: it stays dead to this node and its "
+			         "page requests are refused (ESTALE); restart the "
+			         "cluster to bring it back\"", peer, inc);
 		return;
 	}
 	log_warn("peer down", "peer=%u incarnation=%" PRIu64 " why=\"%s\"", peer,

@@ -368,12 +368,55 @@ static void test_page_owner_dies(void **state)
 	close(ans[1]);
 }
 
+/* Membership is crash-stop: node 1 is killed, node 0 declares it dead,
+ * then node 1's daemon is started again (a new incarnation). It connects
+ * and imports, but its page requests are refused with a clear error at
+ * once (ESTALE) — before this they were dropped and its reads hung. */
+static void test_restarted_node_is_refused_not_hung(void **state)
+{
+	char ref[CAPDSM_REF_MAX];
+	uint8_t small[16];
+	(void)state;
+
+	assert_int_equal(mn_start(2, NULL), 0);
+	struct capdsm *c0 = mn_connect(0);
+	uint32_t s0 = mn_object(c0, SIZE, ref);
+	MN_OK(c0, capdsm_write(c0, s0, 0, "still here", 10));
+	assert_int_equal(th_cluster_kill(&mn_c, 1), 0);
+	assert_int_equal(th_cluster_wait_down(&mn_c, 0, 1, 10000), 0);
+	assert_int_equal(th_cluster_start_node(&mn_c, 1), 0);
+	/* The restarted node comes up at the transport (both ways). */
+	int reach = -1;
+	for (int i = 0; i < 100 && reach != 0; i++) {
+		reach = th_cluster_reachable(&mn_c, 1, 0);
+		if (reach)
+			usleep(100000);
+	}
+	assert_int_equal(reach, 0);
+	struct capdsm *c1 = mn_connect(1);
+	uint32_t s1 = mn_import(c1, ref);
+	int64_t t0 = mn_now_us();
+	int rc = capdsm_read(c1, s1, 0, small, sizeof small);
+	print_message("read on the restarted node: %d (%s) after %lld ms\n", rc,
+	              capdsm_strerror(c1),
+	              (long long)((mn_now_us() - t0) / 1000));
+	assert_int_equal(rc, -ESTALE);
+	assert_non_null(strstr(capdsm_strerror(c1), "crash-stop"));
+	assert_int_equal(th_wait_log(&mn_c.node[0],
+	                             "msg=\"a node declared dead restarted\"",
+	                             3000), 0);
+	/* The home itself is unharmed. */
+	MN_OK(c0, capdsm_read(c0, s0, 0, small, 10));
+	assert_memory_equal(small, "still here", 10);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		MN_OWN_TEST(test_lock_holder_node_dies),
 		MN_OWN_TEST(test_home_dies),
 		MN_OWN_TEST(test_page_owner_dies),
+		MN_OWN_TEST(test_restarted_node_is_refused_not_hung),
 	};
 	mn_guard_seconds = 40;
 	return MN_RUN("multinode.failure", tests, false);
