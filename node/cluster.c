@@ -1379,6 +1379,10 @@ int node_cluster_init(struct node *n, char *err, size_t errlen)
 		return rc;
 	}
 	snprintf(tc.rdma_device, sizeof tc.rdma_device, "%s", c->rdma_device);
+	if (tc.kind != TP_KIND_RDMA && (c->rdma_device[0] || c->rdma_gid_index >= 0))
+		log_warn("rdma settings ignored", "transport=%s rdma_device=\"%s\" "
+		         "rdma_gid_index=%d", c->transport, c->rdma_device,
+		         c->rdma_gid_index);
 	tc.rdma_gid_set = c->rdma_gid_index >= 0;
 	tc.rdma_gid_index = c->rdma_gid_index >= 0 ? (uint32_t)c->rdma_gid_index
 	                                           : 0;

@@ -449,6 +449,12 @@ const char *vx_describe(const struct vx *v)
 	return v->desc;
 }
 
+void vx_local_gid(const struct vx *v, uint8_t gid[16], int *index)
+{
+	memcpy(gid, v->gid.raw, 16);
+	*index = v->gid_index;
+}
+
 /* ---- queue pairs ---- */
 
 static struct ibv_qp *qp_create(struct vx *v, struct ibv_pd *pd,

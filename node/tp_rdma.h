@@ -79,6 +79,8 @@ void vx_close(struct vx *v);
 int vx_fd(const struct vx *v);
 /* "rxe0 port 1 gid 1 mtu 1024": what vx_open chose, for the log. */
 const char *vx_describe(const struct vx *v);
+/* The GID this side's queue pairs use, and its index. */
+void vx_local_gid(const struct vx *v, uint8_t gid[16], int *index);
 
 /* The sending side of peer i's outgoing connection. begin creates its QP
  * (INIT, credit receives posted) and fills *mine; connect takes the

@@ -600,15 +600,27 @@ static void out_ready(struct tp_tcp *c, uint32_t i)
  * the peer's hello carried (theirs); *mine is what our msg3 tells it.
  * Returns 0, or -errno with the connection closed. */
 static int out_qp(struct tp_tcp *c, uint32_t i, const uint8_t *theirs,
-                  uint8_t *mine)
+                  uint8_t *mine, char *why, size_t whylen)
 {
 	struct vx_ep me, them;
-	int rc;
+	uint8_t ours[16];
+	char a[INET6_ADDRSTRLEN] = "?", b[INET6_ADDRSTRLEN] = "?";
+	int rc, idx;
 
 	vx_ep_get(theirs, &them);
 	rc = vx_out_begin(c->vx, i, c->out[i].gen, &me);
-	if (!rc)
-		rc = vx_out_connect(c->vx, i, &them);
+	if (rc) {
+		snprintf(why, whylen, "creating it: %s", strerror(-rc));
+	} else if ((rc = vx_out_connect(c->vx, i, &them)) != 0) {
+		/* Most often the two nodes' GIDs are of different kinds
+		 * (cluster.rdma_gid_index: RoCE v1 or v2, IPv6 link-local or
+		 * IPv4-mapped): name both. */
+		vx_local_gid(c->vx, ours, &idx);
+		inet_ntop(AF_INET6, them.gid, a, sizeof a);
+		inet_ntop(AF_INET6, ours, b, sizeof b);
+		snprintf(why, whylen, "RTR/RTS toward its GID %s from ours %s "
+		         "(index %d): %s", a, b, idx, strerror(-rc));
+	}
 	if (rc) {
 		out_close(c, i, REFUSED_US);
 		return rc;
@@ -637,15 +649,16 @@ static int out_confirm(struct tp_tcp *c, const struct tp_handlers *h,
 	crypto_secretstream_xchacha20poly1305_state rs;
 	uint8_t k_ir[32], k_ri[32], m3[MSG3_MAX], theirs[VX_EP_LEN] = { 0 },
 	        mine[VX_EP_LEN] = { 0 };
+	char why[160] = "";
 	bool ok;
 	int rc;
 
 	if (t->plaintext) { /* RDMA only: msg2 ends with R's endpoint */
-		rc = out_qp(c, i, o->hs + HS_FIX, m3);
+		rc = out_qp(c, i, o->hs + HS_FIX, m3, why, sizeof why);
 		if (rc)
 			return tp__auth_fail(t, h, ctx, "node %u (%s): cannot "
 			                     "connect an RDMA queue pair: %s", i,
-			                     t->p[i].address, strerror(-rc));
+			                     t->p[i].address, why);
 		if (!send_all(o->fd, m3, c->msg3_len)) {
 			out_close(c, i, REDIAL_US);
 			return 0;
@@ -664,7 +677,7 @@ static int out_confirm(struct tp_tcp *c, const struct tp_handlers *h,
 	sodium_memzero(k_ri, sizeof k_ri);
 	rc = 0;
 	if (ok && c->vx)
-		rc = out_qp(c, i, theirs, mine);
+		rc = out_qp(c, i, theirs, mine, why, sizeof why);
 	crypto_secretstream_xchacha20poly1305_init_push(&o->tx, m3, k_ir);
 	hello_seal(c, &o->tx, m3 + SS_HDR, t->self, i, mine);
 	sodium_memzero(k_ir, sizeof k_ir);
@@ -672,7 +685,7 @@ static int out_confirm(struct tp_tcp *c, const struct tp_handlers *h,
 		sodium_memzero(&o->tx, sizeof o->tx);
 		return tp__auth_fail(t, h, ctx, "node %u (%s): cannot connect "
 		                     "an RDMA queue pair: %s", i,
-		                     t->p[i].address, strerror(-rc));
+		                     t->p[i].address, why);
 	}
 	if (!ok) {
 		/* msg3 still goes first, so R can say why too. */

@@ -718,7 +718,10 @@ static void full_queue_is_eagain(void **st)
 	assert_true(sent >= 4 && sent < 100000);
 	print_message("queue full after %llu messages of 64 KiB\n",
 	              (unsigned long long)sent);
-	assert_true(worst_us < 100000);
+	/* Never blocked: no call took long (a generous bound; inside
+	 * tests/vm every instruction is emulated and a vCPU may be off its
+	 * core for long, so there it only rules out waiting on the peer). */
+	assert_true(worst_us < (getenv("CAPDSM_VM") ? 2000000u : 100000u));
 	assert_int_equal(c.rec[1].msgs, 0);
 	uint64_t n = sent;
 	assert_int_equal(tp_send(c.rec[0].tp, 1, &n, 8, page, 64), -EAGAIN);
