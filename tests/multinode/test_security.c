@@ -178,7 +178,8 @@ static void test_reference_outside_cluster(void **state)
 		struct capdsm *c = k ? c1 : c0;
 		int64_t t0 = mn_now_us();
 		MN_EXPECT(c, capdsm_import(c, bad, &slot), -EREMOTE);
-		assert_true(mn_now_us() - t0 < 1000000);
+		/* At once: no wait on a peer (looser under emulation). */
+		assert_true(mn_now_us() - t0 < (getenv("CAPDSM_VM") ? 10000000 : 1000000));
 		assert_non_null(strstr(capdsm_strerror(c), "not in this cluster"));
 	}
 	/* Naming node 0 with a wrong secret: node 0 says there is no such

@@ -176,7 +176,7 @@ static void basic_send_recv(void **st)
 	uint64_t t0 = now_ms();
 	assert_true(pump(&c, 3000, all_up, NULL));
 	uint64_t up_ms = now_ms() - t0;
-	assert_true(up_ms < 1000);
+	assert_true(up_ms < (getenv("CAPDSM_VM") ? 10000u : 1000u));
 	assert_int_equal(c.rec[0].inc[1], tp_incarnation(c.rec[1].tp));
 	assert_int_equal(c.rec[1].inc[0], tp_incarnation(c.rec[0].tp));
 	assert_true(tp_peer_alive(c.rec[0].tp, 1));
