@@ -554,6 +554,15 @@ static int post_recv(struct ibv_qp *qp, uint64_t id)
 	return ibv_post_recv(qp, &wr, &bad) ? -EIO : 0;
 }
 
+/* Posts n zero-length receives (an immediate needs no buffer). */
+static int post_recvs(struct ibv_qp *qp, uint32_t n, uint64_t id)
+{
+	for (uint32_t r = 0; r < n; r++)
+		if (post_recv(qp, id))
+			return -EIO;
+	return 0;
+}
+
 int vx_out_begin(struct vx *v, uint32_t i, uint16_t gen, struct vx_ep *mine)
 {
 	struct vx_out *o = &v->out[i];
@@ -563,11 +572,10 @@ int vx_out_begin(struct vx *v, uint32_t i, uint16_t gen, struct vx_ep *mine)
 	if (!o->qp)
 		return errno ? -errno : -EIO;
 	o->gen = gen;
-	for (uint32_t r = 0; r < VX_CREDIT_RECVS; r++)
-		if (post_recv(o->qp, wr_id(true, gen, i))) {
-			vx_out_end(v, i);
-			return -EIO;
-		}
+	if (post_recvs(o->qp, VX_CREDIT_RECVS, wr_id(true, gen, i))) {
+		vx_out_end(v, i);
+		return -EIO;
+	}
 	ep_fill(v, o->qp, mine);
 	o->accepted = o->posted = o->acked = o->sq_done = 0;
 	o->psn = mine->psn;
@@ -694,11 +702,10 @@ int vx_in_begin(struct vx *v, uint32_t k, uint16_t gen, uint32_t peer,
 		return errno ? -errno : -EIO;
 	in->gen = gen;
 	in->peer = peer;
-	for (uint32_t r = 0; r < v->slots; r++)
-		if (post_recv(in->qp, wr_id(false, gen, k))) {
-			vx_in_end(v, k);
-			return -EIO;
-		}
+	if (post_recvs(in->qp, v->slots, wr_id(false, gen, k))) {
+		vx_in_end(v, k);
+		return -EIO;
+	}
 	ep_fill(v, in->qp, mine);
 	mine->addr = (uintptr_t)(v->rx + (size_t)peer * v->slots * v->slot_size);
 	mine->rkey = v->pmr[peer]->rkey;
@@ -784,11 +791,8 @@ static int on_recv(struct vx *v, const struct vx_sink *s,
 			s->on_fail(s->ctx, true, idx, "a malformed credit");
 			return 0;
 		}
-		if (post_recv(o->qp, wr_id(true, gen, idx)) || out_post(v, idx)) {
+		if (post_recv(o->qp, wr_id(true, gen, idx)) || out_post(v, idx))
 			s->on_fail(s->ctx, true, idx, "cannot post");
-			return 0;
-		}
-		s->on_credit(s->ctx, idx);
 		return 0;
 	}
 
@@ -823,8 +827,6 @@ static int on_recv(struct vx *v, const struct vx_sink *s,
 		}
 		if (out_post(v, peer)) /* that connection breaks, not this */
 			s->on_fail(s->ctx, true, peer, "cannot post");
-		else
-			s->on_credit(s->ctx, peer);
 	}
 	if (*budget)
 		(*budget)--;
@@ -850,8 +852,7 @@ static void on_send(struct vx *v, const struct vx_sink *s,
 			s->on_fail(s->ctx, true, idx, why);
 			return;
 		}
-		o->sq_done++;
-		s->on_credit(s->ctx, idx); /* a send frame came free (V2) */
+		o->sq_done++; /* a send frame came free (V2) */
 		return;
 	}
 	struct vx_in *in = idx < v->nin ? &v->in[idx] : NULL;

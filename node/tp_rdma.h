@@ -120,8 +120,8 @@ struct vx_sink {
 	/* Connection failed (a completion error or a malformed immediate):
 	 * out == true for peer i's outgoing one, else slot i. */
 	void (*on_fail)(void *ctx, bool out, uint32_t i, const char *why);
-	/* Credits came back to peer i. */
-	void (*on_credit)(void *ctx, uint32_t i);
+	/* Room that comes back (credits, send frames) needs no callback:
+	 * tp__poll_end asks vx_out_room for every peer that waits. */
 };
 
 /* Reaps completions: up to *budget messages (decremented), every credit

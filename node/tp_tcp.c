@@ -1299,13 +1299,24 @@ static int in_accept(struct tp_tcp *c, const struct tp_handlers *h, void *ctx,
 
 /* ---- the operations ---- */
 
+/* The transport header of the next data message to peer. */
+static void data_wire(const struct tp *t, uint32_t peer, uint8_t *wire)
+{
+	const struct tp__peer *p = &t->p[peer];
+	tp__wire_put(wire, &(struct tp__wire){ .version = W_VERSION,
+	                                       .type = W_DATA,
+	                                       .src = t->self,
+	                                       .src_inc = t->inc,
+	                                       .dst_inc = p->inc,
+	                                       .seq = p->send_seq });
+}
+
 /* RDMA: one message, one write into the peer's ring. A failed post
  * breaks the connection: what it held is lost, as F1 will tell. */
 static int rdma_send(struct tp_tcp *c, uint32_t peer, const void *hdr,
                      size_t hdrlen, const void *payload, size_t plen)
 {
 	struct tp *t = &c->b;
-	struct tp__peer *p = &t->p[peer];
 	uint8_t wire[W_LEN];
 	int rc;
 
@@ -1313,12 +1324,7 @@ static int rdma_send(struct tp_tcp *c, uint32_t peer, const void *hdr,
 		tp__send_full(t, peer);
 		return -EAGAIN;
 	}
-	tp__wire_put(wire, &(struct tp__wire){ .version = W_VERSION,
-	                                       .type = W_DATA,
-	                                       .src = t->self,
-	                                       .src_inc = t->inc,
-	                                       .dst_inc = p->inc,
-	                                       .seq = p->send_seq });
+	data_wire(t, peer, wire);
 	rc = vx_out_send(c->vx, peer, wire, hdr, hdrlen, payload, plen);
 	if (rc == -EIO)
 		out_close(c, peer, REDIAL_US);
@@ -1333,7 +1339,6 @@ static int tcp_send(struct tp *t, uint32_t peer, const void *hdr,
 {
 	struct tp_tcp *c = (struct tp_tcp *)t;
 	struct out *o = &c->out[peer];
-	struct tp__peer *p = &t->p[peer];
 	uint8_t wire[W_LEN];
 
 	if (c->vx)
@@ -1345,12 +1350,7 @@ static int tcp_send(struct tp *t, uint32_t peer, const void *hdr,
 		tp__send_full(t, peer);
 		return -EAGAIN;
 	}
-	tp__wire_put(wire, &(struct tp__wire){ .version = W_VERSION,
-	                                       .type = W_DATA,
-	                                       .src = t->self,
-	                                       .src_inc = t->inc,
-	                                       .dst_inc = p->inc,
-	                                       .seq = p->send_seq });
+	data_wire(t, peer, wire);
 	out_push(c, peer, seal(c, o, wire, hdr, hdrlen, payload, plen));
 	tp__sent(t, peer, hdrlen + plen);
 	return 0;
@@ -1505,12 +1505,6 @@ static void rdma_on_fail(void *ctx, bool out, uint32_t i, const char *why)
 	                           peer, out ? "outgoing" : "incoming", why);
 }
 
-static void rdma_on_credit(void *ctx, uint32_t i)
-{
-	(void)ctx;
-	(void)i; /* tp__poll_end calls on_writable for peers that wait */
-}
-
 /* Reaps the queue pairs' completions; sets rx_more if the budget left
  * messages behind. Returns callbacks made, or -errno. */
 static int rdma_poll(struct tp_tcp *c, const struct tp_handlers *h,
@@ -1519,8 +1513,7 @@ static int rdma_poll(struct tp_tcp *c, const struct tp_handlers *h,
 	struct rdma_rx x = { .c = c, .h = h, .ctx = ctx, .now = now };
 	const struct vx_sink sink = { .ctx = &x,
 		                      .on_body = rdma_on_body,
-		                      .on_fail = rdma_on_fail,
-		                      .on_credit = rdma_on_credit };
+		                      .on_fail = rdma_on_fail };
 	bool more = false;
 	int rc = vx_poll(c->vx, &sink, budget, event, &more);
 	if (rc)
