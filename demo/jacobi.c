@@ -230,6 +230,7 @@ int main(int argc, char **argv)
 		        "stopped\n");
 		capdsm_object_destroy(c, obj);
 		capdsm_close(c);
+		free(init);
 		return 1;
 	}
 

@@ -22,7 +22,11 @@ echo "== RDMA tests in a VM (soft-RoCE; ctest -L vm) =="
 (cd build && CAPDSM_VM_TESTS=1 ctest --output-on-failure -L vm)
 if [ "${1:-}" != "--quick" ]; then
   echo "== AddressSanitizer + UndefinedBehaviorSanitizer build =="
+  # Sanitized daemons run several times slower: the test clusters' failure
+  # detector gets twice its default time (CAPDSM_TEST_SLOW, tests/lib), so
+  # a loaded machine does not declare a live node dead.
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  CAPDSM_TEST_SLOW=2 \
     run build-asan 'rdma|vm' --sanitize
 fi
